@@ -1,0 +1,1 @@
+"""Datasets: the on-disk format (schema), the embedded generator and the hub loader."""
