@@ -102,3 +102,21 @@ def list_benchmarks(data_dir: str | Path) -> list[str]:
     if not test_root.is_dir():
         raise FileNotFoundError(f"{test_root} not found; run `evisrag download` first")
     return sorted(p.name for p in test_root.iterdir() if (p / TEST_FILE).is_file())
+
+
+def resolve_image_path(split_dir: str | Path, relative: str, where: str = "") -> Path:
+    """The absolute path of an image a record names, refusing anything outside the split folder.
+
+    Absolute paths, `..` escapes and symlinks pointing outside are refused: a dataset must not make the pipeline
+    read (and log, or train on) arbitrary files of the machine.
+    """
+    root = Path(split_dir).resolve()
+    prefix = f"{where}: " if where else ""
+    if Path(relative).is_absolute():
+        raise BadRecordError(f"{prefix}image path {relative!r} is absolute; use a path relative to {root}")
+    candidate = (root / relative).resolve()
+    if not candidate.is_relative_to(root):
+        raise BadRecordError(f"{prefix}image path {relative!r} points outside the dataset folder {root}; refused")
+    if not candidate.is_file():
+        raise BadRecordError(f"{prefix}image {relative!r} not found under {root}; re-run `evisrag download`")
+    return candidate

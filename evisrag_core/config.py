@@ -1,0 +1,173 @@
+"""The one typed configuration object, read from params.yaml and validated once at the edge.
+
+Every stage reads its section from here; DVC tracks the same keys (`params:` in dvc.yaml), so a change to a value
+reruns exactly the stages that read it. Unknown keys are errors (they are usually typos), and the message lists the
+valid keys.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EmbeddedDataParams(_Section):
+    """The generated default dataset: colour questions over K simple images (see evisrag_core.data.generator)."""
+
+    image_size: int = Field(112, ge=28, le=1024)
+    images_per_question: int = Field(3, ge=1, le=5)
+    insufficient_fraction: float = Field(0.2, ge=0.0, le=1.0)
+    n_sft: int = Field(2000, ge=1)
+    n_rl: int = Field(400, ge=1)
+    n_test_per_split: int = Field(100, ge=1)
+    splits: list[str] = Field(default_factory=lambda: ["ColorSquare", "ColorBackground"], min_length=1)
+
+
+class DataParams(_Section):
+    source: Literal["embedded", "hub", "local"] = "embedded"
+    out_dir: str = "data"
+    local_dir: str | None = None
+    hub_cache_dir: str = ".cache/hub"
+    hub_revision: str | None = None
+    benchmarks: list[str] = Field(
+        default_factory=lambda: ["ChartQA", "InfoVQA", "SlideVQA", "DocVQA", "ViDoSeek"], min_length=1
+    )
+    include_train: bool = True
+    embedded: EmbeddedDataParams = EmbeddedDataParams()
+
+    @model_validator(mode="after")
+    def _local_needs_dir(self) -> DataParams:
+        if self.source == "local" and not self.local_dir:
+            raise ValueError("data.source is 'local' but data.local_dir is not set")
+        return self
+
+
+class TinyModelParams(_Section):
+    """Sizes of the locally built Qwen2.5-VL-architecture model (the embedded default)."""
+
+    vocab_size: int = Field(1024, ge=300)
+    hidden_size: int = Field(128, ge=16)
+    intermediate_size: int = Field(256, ge=16)
+    num_hidden_layers: int = Field(2, ge=1)
+    num_attention_heads: int = Field(4, ge=1)
+    num_key_value_heads: int = Field(2, ge=1)
+    vision_depth: int = Field(2, ge=1)
+    vision_hidden_size: int = Field(64, ge=16)
+    vision_num_heads: int = Field(4, ge=1)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TinyModelParams:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError("model.tiny.hidden_size must be divisible by num_attention_heads")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError("model.tiny.num_attention_heads must be divisible by num_key_value_heads")
+        if (self.hidden_size // self.num_attention_heads) % 8:
+            raise ValueError("model.tiny head size (hidden_size / num_attention_heads) must be a multiple of 8")
+        if self.vision_hidden_size % self.vision_num_heads:
+            raise ValueError("model.tiny.vision_hidden_size must be divisible by vision_num_heads")
+        return self
+
+
+class ModelParams(_Section):
+    source: Literal["tiny", "hub", "local"] = "tiny"
+    name_or_path: str = "openbmb/EVisRAG-7B"
+    out_dir: str = "models/base"
+    revision: str | None = None
+    trust_remote_code: bool = False
+    tiny: TinyModelParams = TinyModelParams()
+
+
+class PredictParams(_Section):
+    model_dir: str = "models/base"
+    backend: Literal["transformers", "vllm"] = "transformers"
+    prompt_template: Literal["model_card", "repository"] = "model_card"
+    top_k: int = Field(3, ge=1, le=5)
+    max_images_per_prompt: int = Field(5, ge=1)
+    temperature: float = Field(0.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(1.05, gt=0.0)
+    max_new_tokens: int = Field(256, ge=1)
+    batch_size: int = Field(16, ge=1)
+    min_pixels: int = Field(3136, ge=784)
+    max_pixels: int = Field(12544, ge=784)
+    out_dir: str = "preds"
+
+    @model_validator(mode="after")
+    def _pixels_ordered(self) -> PredictParams:
+        if self.min_pixels > self.max_pixels:
+            raise ValueError("predict.min_pixels must not exceed predict.max_pixels")
+        return self
+
+
+class EvaluateParams(_Section):
+    metrics_file: str = "metrics.json"
+    per_question_file: str = "eval/per_question.jsonl"
+
+
+class TrackingParams(_Section):
+    mlflow_tracking_uri: str = "sqlite:///mlflow.db"
+    experiment_name: str = "evisrag"
+    log_predictions_sample: int = Field(20, ge=0)
+
+
+class Params(_Section):
+    seed: int = 0
+    data: DataParams = DataParams()
+    model: ModelParams = ModelParams()
+    predict: PredictParams = PredictParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    tracking: TrackingParams = TrackingParams()
+
+
+class ParamsError(ValueError):
+    """params.yaml is invalid; the message names the key, what is wrong, and the valid keys."""
+
+
+def _valid_keys(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[str]:
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return sorted(model.model_fields)
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid parameters"]
+    for item in err.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "<root>"
+        if item["type"] == "extra_forbidden":
+            valid = ", ".join(_valid_keys(Params, item["loc"]))
+            lines.append(f"  - unknown key {key!r}; valid keys here: {valid}")
+        else:
+            lines.append(f"  - {key}: {item['msg']} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def parse_params(raw: dict, source: str = "params") -> Params:
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as err:
+        raise ParamsError(_describe(err, source)) from None
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
+    """Read and validate params.yaml; raise ParamsError with every problem listed."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path} not found; run from the project root or pass --params")
+    with path.open(encoding="utf-8") as handle:
+        raw = yaml.safe_load(handle)
+    if raw is not None and not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping at the top level")
+    return parse_params(raw or {}, str(path))
