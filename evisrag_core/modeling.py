@@ -176,6 +176,12 @@ def _check_architecture(name_or_path: str, trust_remote_code: bool, revision: st
         )
 
 
+def verify_model_dir(path: str | Path, trust_remote_code: bool = False) -> None:
+    """A folder is usable when its config names a supported architecture and its processor loads."""
+    _check_architecture(str(path), trust_remote_code, None)
+    AutoProcessor.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+
+
 def load_model_and_processor(
     name_or_path: str | Path,
     *,

@@ -1,0 +1,36 @@
+# Two commands do everything: `make run` (set up, reproduce the pipeline, print metrics) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: run test test-fast lint venv clean-run
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt constraints.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt -c constraints.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $(STAMP)
+
+## make run: reproduce download → model → predict → evaluate and print the metrics table
+run: venv
+	@test -d .git || (echo "make run needs a git checkout (DVC tracks the pipeline in git)"; exit 1)
+	$(BIN)/evisrag pipeline
+	$(BIN)/dvc repro
+
+## make test: the whole test suite, end-to-end runs included (as CI runs it)
+test: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest -q
+
+## make test-fast: unit tests only
+test-fast: venv
+	$(BIN)/pytest -q -m "not slow"
+
+lint: venv
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .

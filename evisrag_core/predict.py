@@ -1,0 +1,193 @@
+"""Prediction: the evidence prompt over the top-K images of each question, batched, resumable (spec §7).
+
+Output rows follow the reference `predict.py`: `qid`, `imgs` (image paths used, in rank order) and `pred` (the raw
+generated text). Rows are appended and flushed one batch at a time; a rerun reads the file back, drops a torn last
+line, and generates only the questions still missing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from evisrag_core.config import PredictParams
+from evisrag_core.data.schema import TestRecord, resolve_image_path
+from evisrag_core.io import BadRecordError, append_jsonl
+from evisrag_core.prompts import build_messages
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Request:
+    qid: str | int
+    query: str
+    images: list[str]  # absolute paths the backend opens, in rank order
+    image_refs: list[str]  # the same images as the record names them (relative to the split folder)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float
+    top_p: float
+    repetition_penalty: float
+    max_new_tokens: int
+
+    @classmethod
+    def from_params(cls, params: PredictParams) -> Sampling:
+        return cls(params.temperature, params.top_p, params.repetition_penalty, params.max_new_tokens)
+
+
+class Backend(Protocol):
+    def generate(self, requests: Sequence[Request]) -> list[str]: ...
+
+
+def build_requests(records: Sequence[TestRecord], split_dir: Path, top_k: int, max_images: int) -> list[Request]:
+    """Top-K images per question, each resolved inside the split folder (escapes are refused)."""
+    if top_k > max_images:
+        raise ValueError(f"top_k={top_k} exceeds the model's limit of {max_images} images per prompt")
+    requests = []
+    for record in records:
+        where = f"{split_dir}/qid {record.qid}"
+        refs = record.image[:top_k]
+        images = [str(resolve_image_path(split_dir, rel, where)) for rel in refs]
+        requests.append(Request(record.qid, record.query, images, list(refs)))
+    return requests
+
+
+def set_cpu_threads() -> int:
+    """Use every core the process may run on (torch defaults can under-use small machines)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(cores)
+    return cores
+
+
+class TransformersBackend:
+    """Batched `generate` with left padding; images go through `qwen_vl_utils.process_vision_info`."""
+
+    def __init__(self, model: Any, processor: Any, sampling: Sampling, template: str, pixels: tuple[int, int]):
+        self.model, self.processor, self.sampling = model, processor, sampling
+        self.template, self.min_pixels, self.max_pixels = template, *pixels
+        self.processor.tokenizer.padding_side = "left"
+
+    def _inputs(self, requests: Sequence[Request]) -> Any:
+        from qwen_vl_utils import process_vision_info
+
+        texts, images = [], []
+        for request in requests:
+            messages = build_messages(request.query, request.images, self.template, self.min_pixels, self.max_pixels)
+            texts.append(self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+            image_inputs, _ = process_vision_info(messages)
+            images.append(image_inputs)
+        return self.processor(text=texts, images=images, return_tensors="pt", padding=True)
+
+    @torch.inference_mode()
+    def generate(self, requests: Sequence[Request]) -> list[str]:
+        inputs = self._inputs(requests).to(self.model.device)
+        sample = self.sampling.temperature > 0
+        options: dict[str, Any] = {
+            "max_new_tokens": self.sampling.max_new_tokens,
+            "do_sample": sample,
+            "repetition_penalty": self.sampling.repetition_penalty,
+            "pad_token_id": self.processor.tokenizer.pad_token_id,
+        }
+        if sample:
+            options.update(temperature=self.sampling.temperature, top_p=self.sampling.top_p)
+        else:
+            # Greedy decoding: unset the sampling knobs a checkpoint's generation_config may carry.
+            options.update(temperature=None, top_p=None, top_k=None)
+        output = self.model.generate(**inputs, **options)
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        return self.processor.batch_decode(new_tokens, skip_special_tokens=True)
+
+
+class VllmBackend:
+    """vLLM generation, as the reference and the model card do; GPU machines only, imported lazily."""
+
+    def __init__(self, model_path: str, processor: Any, sampling: Sampling, template: str, pixels: tuple[int, int]):
+        try:
+            from vllm import LLM, SamplingParams
+        except ImportError as err:
+            raise RuntimeError(
+                "predict.backend is 'vllm' but vLLM is not installed. On a GPU machine run `pip install vllm`; "
+                "on CPU set predict.backend: transformers in params.yaml."
+            ) from err
+        self.processor, self.template, (self.min_pixels, self.max_pixels) = processor, template, pixels
+        self.llm = LLM(model=model_path, dtype="bfloat16", limit_mm_per_prompt={"image": 5, "video": 0})
+        self.params = SamplingParams(
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            repetition_penalty=sampling.repetition_penalty,
+            max_tokens=sampling.max_new_tokens,
+        )
+
+    def generate(self, requests: Sequence[Request]) -> list[str]:
+        from qwen_vl_utils import process_vision_info
+
+        batch = []
+        for request in requests:
+            messages = build_messages(request.query, request.images, self.template, self.min_pixels, self.max_pixels)
+            prompt = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            image_inputs, _ = process_vision_info(messages)
+            batch.append({"prompt": prompt, "multi_modal_data": {"image": image_inputs}})
+        return [output.outputs[0].text for output in self.llm.generate(batch, sampling_params=self.params)]
+
+
+def read_finished(path: Path, known_qids: set[str]) -> set[str]:
+    """qids already predicted in `path`; a torn last line (crash mid-write) is cut off, other damage is an error."""
+    if not path.exists():
+        return set()
+    raw = path.read_bytes()
+    lines = raw.split(b"\n")
+    finished: set[str] = set()
+    good_bytes = 0
+    for index, line in enumerate(lines):
+        if not line.strip():
+            good_bytes += len(line) + 1
+            continue
+        try:
+            row = json.loads(line)
+            qid = str(row["qid"])
+            row["pred"]
+        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as err:
+            if index == len(lines) - 1:
+                log.warning("%s: dropping a torn last line left by an interrupted run", path)
+                break
+            raise BadRecordError(f"{path}:{index + 1}: unreadable prediction row ({err}); delete the file") from err
+        if qid not in known_qids:
+            raise BadRecordError(f"{path}:{index + 1}: qid {qid!r} is not in the test set; is this the right file?")
+        finished.add(qid)
+        good_bytes += len(line) + 1
+    if good_bytes < len(raw):
+        with path.open("r+b") as handle:
+            handle.truncate(min(good_bytes, len(raw)))
+    return finished
+
+
+def predict_split(
+    requests: Sequence[Request],
+    out_file: Path,
+    backend: Backend,
+    batch_size: int,
+    progress: Callable[[int], Any] = lambda n: None,
+    extra: dict[str, Any] | None = None,
+) -> int:
+    """Append predictions for the requests not yet in `out_file`; returns how many were generated now."""
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    finished = read_finished(out_file, {str(r.qid) for r in requests})
+    todo = [r for r in requests if str(r.qid) not in finished]
+    progress(len(requests) - len(todo))
+    with out_file.open("a", encoding="utf-8") as handle:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            for request, text in zip(batch, backend.generate(batch), strict=True):
+                append_jsonl(handle, {"qid": request.qid, "imgs": request.image_refs, "pred": text, **(extra or {})})
+            progress(len(batch))
+    return len(todo)

@@ -1,0 +1,14 @@
+"""Prefect flows: the DVC stage entry points and the pipeline flow. Wiring only.
+
+Prefect keeps its database in the project (`.prefect/`, git-ignored) unless PREFECT_HOME or PREFECT_API_URL say
+otherwise, so flow runs started by `dvc repro` and by `evisrag pipeline` land in one place, visible in the UI of a
+server started from the project folder.
+"""
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("PREFECT_HOME", str(Path.cwd() / ".prefect"))
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "evisrag_core")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")

@@ -1,0 +1,174 @@
+"""`evisrag`: the command-line entry point. Stage commands run the stage's Prefect flow; `pipeline` runs them all.
+
+evisrag download | model | predict | evaluate     one stage (these are the commands dvc.yaml runs)
+evisrag pipeline [--force] [STAGE ...]            dvc repro under one Prefect flow run and MLflow parent run
+evisrag evaluate --data DIR --preds FILE --out F  score any prediction file (also the reference's) directly
+evisrag answer --query Q --images A.png B.png     one question over images → the tagged answer
+evisrag metrics                                   print metrics.json as a table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import flows  # noqa: F401  (sets Prefect's project-local defaults before prefect is imported)
+from evisrag_core.config import DEFAULT_PARAMS, ParamsError, load_params
+from evisrag_core.io import BadRecordError
+
+
+def _stage_command(name: str):
+    def run(args: argparse.Namespace) -> int:
+        from flows import stages
+
+        flow = {"download": stages.download_flow, "model": stages.model_flow}[name]
+        flow(params_path=str(args.params))
+        return 0
+
+    return run
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from flows.stages import predict_flow
+
+    predict_flow(params_path=str(args.params), model_dir=args.model, data_dir=args.data, out_dir=args.out)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.preds and Path(args.preds).is_file():
+        return _evaluate_file(args)
+    from flows.stages import evaluate_flow
+
+    metrics = evaluate_flow(
+        params_path=str(args.params), data_dir=args.data, preds_dir=args.preds, metrics_file=args.out
+    )
+    print(format_metrics(metrics))
+    return 0
+
+
+def _evaluate_file(args: argparse.Namespace) -> int:
+    """Score one prediction file against one test folder, without Prefect or MLflow (quick checks)."""
+    from evisrag_core.data.schema import load_test_split
+    from evisrag_core.evaluate import evaluate_split, read_predictions
+    from evisrag_core.io import write_json_atomic
+
+    if not args.data:
+        raise SystemExit("--preds FILE needs --data DIR: the test folder holding top3_test.jsonl")
+    records = load_test_split(args.data)
+    metrics, _ = evaluate_split(
+        records, read_predictions(args.preds), allow_missing=args.allow_missing, source=str(args.preds)
+    )
+    if args.out:
+        write_json_atomic(args.out, metrics)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def cmd_answer(args: argparse.Namespace) -> int:
+    from evisrag_core.modeling import load_model_and_processor
+    from evisrag_core.predict import Request, Sampling, TransformersBackend, set_cpu_threads
+
+    params = load_params(args.params)
+    cfg = params.predict
+    missing = [p for p in args.images if not Path(p).is_file()]
+    if missing:
+        raise SystemExit(f"image(s) not found: {', '.join(missing)}")
+    if len(args.images) > cfg.max_images_per_prompt:
+        raise SystemExit(f"{len(args.images)} images given; the model takes at most {cfg.max_images_per_prompt}")
+    set_cpu_threads()
+    model, processor = load_model_and_processor(args.model or cfg.model_dir, trust_remote_code=False)
+    sampling = Sampling(cfg.temperature, cfg.top_p, cfg.repetition_penalty, args.max_new_tokens or cfg.max_new_tokens)
+    backend = TransformersBackend(model, processor, sampling, cfg.prompt_template, (cfg.min_pixels, cfg.max_pixels))
+    images = [str(Path(p).resolve()) for p in args.images]
+    print(backend.generate([Request("cli", args.query, images, list(args.images))])[0])
+    return 0
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    from flows.pipeline import pipeline_flow
+
+    metrics = pipeline_flow(targets=args.targets, force=args.force)
+    if metrics:
+        print(format_metrics(metrics))
+    return 0
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    params = load_params(args.params)
+    path = Path(args.file or params.evaluate.metrics_file)
+    if not path.is_file():
+        raise SystemExit(f"{path} not found; run `evisrag pipeline` (or `dvc repro`) first")
+    print(format_metrics(json.loads(path.read_text())))
+    return 0
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """One row per benchmark (overall last), the metric keys as columns."""
+    import pandas as pd
+
+    table = pd.DataFrame.from_dict(metrics, orient="index")
+    counts = [c for c in table.columns if c.startswith("cnt_")]
+    table[counts] = table[counts].astype(int)
+    with pd.option_context("display.float_format", "{:.4f}".format, "display.width", 200):
+        return table.to_string()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="evisrag", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: params.yaml)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    for name, text in [("download", "write the dataset (embedded, hub or local)"), ("model", "write the base model")]:
+        sub.add_parser(name, help=text).set_defaults(func=_stage_command(name))
+
+    predict = sub.add_parser("predict", help="generate predictions for every test benchmark")
+    predict.add_argument("--model", help="model folder or hub id (default: predict.model_dir)")
+    predict.add_argument("--data", help="dataset folder (default: data.out_dir)")
+    predict.add_argument("--out", help="output folder (default: predict.out_dir)")
+    predict.set_defaults(func=cmd_predict)
+
+    evaluate = sub.add_parser("evaluate", help="score predictions (EM / Accuracy / F1)")
+    evaluate.add_argument("--data", help="dataset folder; with --preds FILE: the test folder of one benchmark")
+    evaluate.add_argument("--preds", help="predictions folder (<B>.jsonl per benchmark) or one prediction file")
+    evaluate.add_argument("--out", help="metrics file to write (default: evaluate.metrics_file)")
+    evaluate.add_argument("--allow-missing", action="store_true", help="score questions without prediction as empty")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    answer = sub.add_parser("answer", help="answer one question over images with the tagged evidence format")
+    answer.add_argument("--query", required=True)
+    answer.add_argument("--images", nargs="+", required=True)
+    answer.add_argument("--model", help="model folder or hub id (default: predict.model_dir)")
+    answer.add_argument("--max-new-tokens", type=int)
+    answer.set_defaults(func=cmd_answer)
+
+    pipeline = sub.add_parser("pipeline", help="run `dvc repro` as one Prefect flow with an MLflow parent run")
+    pipeline.add_argument("targets", nargs="*", help="dvc stages to reproduce (default: all)")
+    pipeline.add_argument("--force", action="store_true", help="rerun stages even when up to date")
+    pipeline.set_defaults(func=cmd_pipeline)
+
+    metrics = sub.add_parser("metrics", help="print the metrics table")
+    metrics.add_argument("--file", help="metrics file (default: evaluate.metrics_file)")
+    metrics.set_defaults(func=cmd_metrics)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    for chatty in ("httpx", "httpcore", "alembic", "urllib3"):
+        logging.getLogger(chatty).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    try:
+        return args.func(args)
+    except (ParamsError, BadRecordError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""One Prefect flow per DVC stage: read params, open the stage's MLflow run, call the tasks, log results."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from prefect import flow
+
+from evisrag_core.config import load_params
+from evisrag_core.data.schema import list_benchmarks
+from evisrag_core.io import read_jsonl
+from tasks import tracking
+from tasks.download import write_dataset
+from tasks.evaluate import evaluate_predictions
+from tasks.model import write_base_model
+from tasks.predict import WORK_DIR, make_backend, predict_benchmark
+
+
+@flow(name="download")
+def download_flow(params_path: str = "params.yaml") -> dict[str, Any]:
+    params = load_params(params_path)
+    with tracking.stage_run("download", params, ["data"]):
+        manifest = write_dataset(params)
+        mlflow.log_metrics({f"rows.{k.replace('/', '.')}": v for k, v in manifest["counts"].items()})
+        tracking.log_json_artifact(manifest, "manifest.json")
+    return manifest
+
+
+@flow(name="model")
+def model_flow(params_path: str = "params.yaml") -> str:
+    params = load_params(params_path)
+    with tracking.stage_run("model", params, ["model"]):
+        out = write_base_model(params)
+        tracking.log_file(out / "config.json", "model")
+    return str(out)
+
+
+@flow(name="predict")
+def predict_flow(
+    params_path: str = "params.yaml",
+    model_dir: str | None = None,
+    data_dir: str | None = None,
+    out_dir: str | None = None,
+) -> dict[str, Any]:
+    params = load_params(params_path)
+    cfg = params.predict
+    model = Path(model_dir or cfg.model_dir)
+    data = Path(data_dir or params.data.out_dir)
+    out = Path(out_dir or cfg.out_dir)
+    with tracking.stage_run("predict", params, ["predict"]):
+        mlflow.set_tag("evisrag.model_dir", str(model))
+        backend = make_backend(cfg, model, params.model.trust_remote_code)
+        counts = {}
+        for bench in list_benchmarks(data):
+            out_file = out / f"{bench}.jsonl"
+            counts[bench] = predict_benchmark(params, backend, model, data / "test" / bench, out_file)
+            sample = read_jsonl(out_file)[: params.tracking.log_predictions_sample]
+            mlflow.log_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in sample), f"preds/{bench}.jsonl")
+        mlflow.log_metrics({f"{b}.questions": c["questions"] for b, c in counts.items()})
+    shutil.rmtree(WORK_DIR, ignore_errors=True)
+    return counts
+
+
+@flow(name="evaluate")
+def evaluate_flow(
+    params_path: str = "params.yaml",
+    data_dir: str | None = None,
+    preds_dir: str | None = None,
+    metrics_file: str | None = None,
+) -> dict[str, Any]:
+    params = load_params(params_path)
+    cfg = params.evaluate
+    with tracking.stage_run("evaluate", params, ["evaluate"]):
+        metrics = evaluate_predictions(
+            Path(data_dir or params.data.out_dir),
+            Path(preds_dir or params.predict.out_dir),
+            Path(metrics_file or cfg.metrics_file),
+            Path(cfg.per_question_file),
+        )
+        mlflow.log_metrics({f"{bench}.{k}": v for bench, row in metrics.items() for k, v in row.items()})
+        tracking.log_file(metrics_file or cfg.metrics_file)
+        tracking.log_file(cfg.per_question_file, "eval")
+    return metrics

@@ -1,0 +1,51 @@
+"""Download stage tasks: write the dataset in the project's format (embedded generator, hub or local folder)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from tqdm import tqdm
+
+from evisrag_core.config import DataParams, Params
+from evisrag_core.data import hub
+from evisrag_core.data.generator import GeneratorSpec, generate_dataset
+from evisrag_core.data.schema import RL_FILE, SFT_FILE, TEST_FILE
+from evisrag_core.io import atomic_dir
+from tasks import TASK_DEFAULTS
+
+
+def _generate(data: DataParams, seed: int, out: Path) -> dict[str, Any]:
+    cfg = data.embedded
+    spec = GeneratorSpec(seed, cfg.image_size, cfg.images_per_question, cfg.insufficient_fraction)
+    total = cfg.n_test_per_split * len(cfg.splits) + cfg.n_sft + cfg.n_rl
+    with tqdm(total=total, desc="generate", unit="q") as bar:
+        return generate_dataset(out, spec, cfg.splits, cfg.n_test_per_split, cfg.n_sft, cfg.n_rl, bar.update)
+
+
+@task(name="write-dataset", retries=2, retry_delay_seconds=[5, 30], **TASK_DEFAULTS)
+def write_dataset(params: Params) -> dict[str, Any]:
+    """Build the whole dataset in a temporary folder, verify it, then move it into place in one rename."""
+    data = params.data
+    logger = get_run_logger()
+    with atomic_dir(data.out_dir) as out:
+        if data.source == "embedded":
+            manifest = _generate(data, params.seed, out)
+        elif data.source == "hub":
+            manifest = hub.download_from_hub(
+                out, Path(data.hub_cache_dir), data.benchmarks, data.include_train, data.hub_revision
+            )
+        else:
+            manifest = hub.import_local(Path(data.local_dir or ""), out, data.benchmarks, data.include_train)
+        verify_dataset(out, manifest)
+    logger.info("dataset (%s) written to %s: %s", data.source, data.out_dir, manifest["counts"])
+    return manifest
+
+
+def verify_dataset(root: Path, manifest: dict[str, Any]) -> None:
+    """Row counts match the manifest and every referenced image exists inside its folder and decodes."""
+    files = {"train/sft": ("train", SFT_FILE), "train/rl": ("train", RL_FILE)}
+    for key, expected in tqdm(manifest["counts"].items(), desc="verify", unit="split"):
+        folder, name = files.get(key, (key, TEST_FILE))
+        hub.verify_split(root / folder, name, expected)

@@ -1,0 +1,70 @@
+"""MLflow bookkeeping: one parent run per pipeline execution, one nested run per stage.
+
+The pipeline flow opens the parent run and hands its id to the stages through `EVISRAG_MLFLOW_PARENT_RUN_ID`; a
+stage run outside the pipeline (plain `dvc repro`, `evisrag predict`) becomes a top-level run of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+from evisrag_core.config import Params
+
+PARENT_RUN_ENV = "EVISRAG_MLFLOW_PARENT_RUN_ID"
+STAGE_TAG = "evisrag.stage"
+log = logging.getLogger(__name__)
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} → {"a.b": 1}; lists become JSON so MLflow stores them as one param."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = json.dumps(value) if isinstance(value, list | tuple) else value
+    return flat
+
+
+def configure(params: Params) -> None:
+    mlflow.set_tracking_uri(params.tracking.mlflow_tracking_uri)
+    mlflow.set_experiment(params.tracking.experiment_name)
+
+
+@contextmanager
+def stage_run(stage: str, params: Params, sections: list[str]) -> Iterator[mlflow.ActiveRun]:
+    """A (nested) MLflow run for one stage, with the params it reads and the git commit."""
+    configure(params)
+    parent = os.environ.get(PARENT_RUN_ENV) or None
+    tags = {STAGE_TAG: stage, "evisrag.git_commit": git_commit() or "unknown"}
+    with mlflow.start_run(run_name=stage, parent_run_id=parent, tags=tags) as run:
+        dumped = params.model_dump(mode="json")
+        mlflow.log_params(flatten({s: dumped[s] for s in sections} | {"seed": dumped["seed"]}))
+        yield run
+
+
+def log_json_artifact(obj: Any, name: str) -> None:
+    mlflow.log_text(json.dumps(obj, indent=2, ensure_ascii=False), name)
+
+
+def log_file(path: str | Path, artifact_dir: str | None = None) -> None:
+    if Path(path).exists():
+        mlflow.log_artifact(str(path), artifact_dir)
