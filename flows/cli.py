@@ -107,11 +107,29 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     return 0
 
 
+METRIC_COLUMNS = [
+    "global_em",
+    "global_acc",
+    "global_f1",
+    "issuff_em",
+    "issuff_acc",
+    "issuff_f1",
+    "unsuff_em",
+    "cnt_global",
+    "cnt_issuff",
+    "cnt_unsuff",
+]
+
+
 def format_metrics(metrics: dict[str, Any]) -> str:
     """One row per benchmark (overall last), the metric keys as columns."""
     import pandas as pd
 
     table = pd.DataFrame.from_dict(metrics, orient="index")
+    order = [c for c in METRIC_COLUMNS if c in table.columns]
+    table = table[order + [c for c in table.columns if c not in order]]
+    rows = sorted(table.index, key=lambda name: (name == "overall", name))
+    table = table.loc[rows]
     counts = [c for c in table.columns if c.startswith("cnt_")]
     table[counts] = table[counts].astype(int)
     with pd.option_context("display.float_format", "{:.4f}".format, "display.width", 200):

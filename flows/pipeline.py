@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,7 @@ def _tag_stage_runs(parent_run_id: str, lock_file: Path) -> None:
             client.set_tag(run.info.run_id, f"dvc.outs.{out['path']}", out.get("md5", ""))
 
 
-@flow(name="evisrag-pipeline")
+@flow(name="evisrag-pipeline", flow_run_name=lambda: f"pipeline-{datetime.now(UTC):%Y%m%d-%H%M%S}")
 def pipeline_flow(params_path: str = "params.yaml", targets: list[str] | None = None, force: bool = False) -> Any:
     params = load_params(params_path)
     tracking.configure(params)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,12 @@ from tasks.model import write_base_model
 from tasks.predict import WORK_DIR, make_backend, predict_benchmark
 
 
-@flow(name="download")
+def _run_name(stage: str):
+    """Flow-run names a person can find in the UI: `<stage>-<UTC time>`."""
+    return lambda: f"{stage}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+
+
+@flow(name="download", flow_run_name=_run_name("download"))
 def download_flow(params_path: str = "params.yaml") -> dict[str, Any]:
     params = load_params(params_path)
     with tracking.stage_run("download", params, ["data"]):
@@ -30,7 +36,7 @@ def download_flow(params_path: str = "params.yaml") -> dict[str, Any]:
     return manifest
 
 
-@flow(name="model")
+@flow(name="model", flow_run_name=_run_name("model"))
 def model_flow(params_path: str = "params.yaml") -> str:
     params = load_params(params_path)
     with tracking.stage_run("model", params, ["model"]):
@@ -39,7 +45,7 @@ def model_flow(params_path: str = "params.yaml") -> str:
     return str(out)
 
 
-@flow(name="predict")
+@flow(name="predict", flow_run_name=_run_name("predict"))
 def predict_flow(
     params_path: str = "params.yaml",
     model_dir: str | None = None,
@@ -65,7 +71,7 @@ def predict_flow(
     return counts
 
 
-@flow(name="evaluate")
+@flow(name="evaluate", flow_run_name=_run_name("evaluate"))
 def evaluate_flow(
     params_path: str = "params.yaml",
     data_dir: str | None = None,
