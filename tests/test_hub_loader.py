@@ -215,8 +215,8 @@ def test_import_local_writes_every_split_and_the_manifest(imported: tuple[Path, 
         "test/DocVQA": 2,
         "train/sft": 2,
         "train/rl": 2,
-        "train/rl_val": 1,
     }
+    assert manifest["validation_counts"] == {"train/rl_val": 1}
     assert json.loads((out / MANIFEST_FILE).read_text(encoding="utf-8")) == manifest
     assert not [p.name for p in out.parent.iterdir() if p.name.startswith(".")]  # no staging folders left
 
@@ -482,6 +482,6 @@ def test_download_from_hub_converts_cached_snapshots_when_the_hub_is_down(
     )
     assert manifest["source"] == "hub"
     assert manifest["repos"] == {"openbmb/EVisRAG-Test-DocVQA": "d" * 40, HUB_TRAIN_MIRROR: "e" * 40}
-    assert manifest["counts"] == {"test/DocVQA": 2, "train/sft": 2, "train/rl": 2, "train/rl_val": 1}
+    assert manifest["counts"] == {"test/DocVQA": 2, "train/sft": 2, "train/rl": 2}
     records = load_test_split(out / "test" / "DocVQA")
     assert [[colour_of(out / "test" / "DocVQA" / p) for p in r.image] for r in records] == [c for _, c in DOCVQA]

@@ -25,7 +25,8 @@ Assumptions (each is a layout we accept, so an unexpected but plausible snapshot
 - Records come from `top3_test.jsonl` when the snapshot has one; otherwise from any `.jsonl`/`.json`/`.parquet`
   file whose rows have a `query` (test) or `messages`/`conversations`/`instruction` (SFT) or `prompt` + `answer`
   (RL). A train file whose name has a `test`/`val`/`dev`/`eval` word is RL validation data: it goes to
-  `train/rl_val.jsonl` ([RL_VAL_FILE], same record shape as `rl.jsonl`) instead of being mixed into training.
+  `train/rl_val.jsonl` ([RL_VAL_FILE], same record shape as `rl.jsonl`; counted under the manifest's
+  `validation_counts`) instead of being mixed into training.
 - An image entry is a relative path, or embedded bytes (`{"bytes", "path"}` or raw bytes). A path is looked up as a
   file in the snapshot (relative to the record file's folder, then to the snapshot root), then as a key of an image
   table: any parquet file with an image column (struct with `bytes`, or binary) and no record columns, keyed by a
@@ -870,15 +871,24 @@ def _staged_dir(target: Path) -> Iterator[Path]:
 
 
 def _build(out_dir: Path, tests: dict[str, Path], train: Path | None, info: dict[str, Any]) -> dict[str, Any]:
+    """Convert and verify every split into a staged folder, then write the manifest.
+
+    `counts` holds the splits of the schema (test sets, train/sft, train/rl), keyed like the embedded generator's
+    manifest; RL validation rows are counted apart in `validation_counts` so readers of `counts` see only those.
+    """
     counts: dict[str, int] = {}
+    validation: dict[str, int] = {}
     with _staged_dir(Path(out_dir)) as stage:
         for name, snapshot_dir in tests.items():
             split = stage / "test" / name
             counts[f"test/{name}"] = verify_split(split, TEST_FILE, convert_test_set(snapshot_dir, split))
         if train is not None:
             for file_name, rows in convert_train_set(train, stage / "train").items():
-                counts[f"train/{Path(file_name).stem}"] = verify_split(stage / "train", file_name, rows)
+                target = validation if file_name == RL_VAL_FILE else counts
+                target[f"train/{Path(file_name).stem}"] = verify_split(stage / "train", file_name, rows)
         manifest = {**info, "benchmarks": list(tests), "counts": counts}
+        if validation:
+            manifest["validation_counts"] = validation
         write_json_atomic(stage / MANIFEST_FILE, manifest)
     logger.info("wrote %s from %s: %s", out_dir, info["source"], counts)
     return manifest
