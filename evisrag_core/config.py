@@ -38,6 +38,8 @@ class DataParams(_Section):
     local_dir: str | None = None
     hub_cache_dir: str = ".cache/hub"
     hub_revision: str | None = None
+    # The reference README points at a temporary mirror (hmhm1229/EVisRAG-Train) while openbmb's is not public.
+    hub_train_repo: str = "openbmb/EVisRAG-Train"
     benchmarks: list[str] = Field(
         default_factory=lambda: ["ChartQA", "InfoVQA", "SlideVQA", "DocVQA", "ViDoSeek"], min_length=1
     )

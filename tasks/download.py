@@ -26,20 +26,24 @@ def _generate(data: DataParams, seed: int, out: Path) -> dict[str, Any]:
 
 @task(name="write-dataset", retries=2, retry_delay_seconds=[5, 30], **TASK_DEFAULTS)
 def write_dataset(params: Params) -> dict[str, Any]:
-    """Build the whole dataset in a temporary folder, verify it, then move it into place in one rename."""
+    """Write the dataset; every path builds it beside `data.out_dir`, verifies it, then moves it into place."""
     data = params.data
-    logger = get_run_logger()
-    with atomic_dir(data.out_dir) as out:
-        if data.source == "embedded":
+    if data.source == "embedded":
+        with atomic_dir(data.out_dir) as out:
             manifest = _generate(data, params.seed, out)
-        elif data.source == "hub":
-            manifest = hub.download_from_hub(
-                out, Path(data.hub_cache_dir), data.benchmarks, data.include_train, data.hub_revision
-            )
-        else:
-            manifest = hub.import_local(Path(data.local_dir or ""), out, data.benchmarks, data.include_train)
-        verify_dataset(out, manifest)
-    logger.info("dataset (%s) written to %s: %s", data.source, data.out_dir, manifest["counts"])
+            verify_dataset(out, manifest)
+    elif data.source == "hub":
+        manifest = hub.download_from_hub(
+            Path(data.out_dir),
+            Path(data.hub_cache_dir),
+            data.benchmarks,
+            data.include_train,
+            data.hub_revision,
+            train_repo=data.hub_train_repo,
+        )
+    else:
+        manifest = hub.import_local(Path(data.local_dir or ""), Path(data.out_dir), data.benchmarks, data.include_train)
+    get_run_logger().info("dataset (%s) written to %s: %s", data.source, data.out_dir, manifest["counts"])
     return manifest
 
 
