@@ -88,6 +88,76 @@ class ModelParams(_Section):
     tiny: TinyModelParams = TinyModelParams()
 
 
+# The released SFT hyper-parameters (spec §6): `sft.profile: paper` applies them over whatever params.yaml says.
+PAPER_SFT: dict[str, object] = {
+    "model_dir": "models/base",
+    "learning_rate": 5e-7,
+    "num_train_epochs": 1.0,
+    "max_steps": -1,
+    "per_device_train_batch_size": 1,
+    "gradient_accumulation_steps": 8,
+    "num_gpus": 8,
+    "warmup_steps": 200,
+    "lr_scheduler_type": "cosine",
+    "max_grad_norm": 1.0,
+    "freeze_vision_tower": True,
+    "bf16": "on",
+    "gradient_checkpointing": True,
+    "cutoff_len": 32000,
+    "image_max_pixels": 3_920_000,
+    "deepspeed": "configs/deepspeed/zero3.json",
+    "save_steps": 100,
+}
+
+
+class SFTParams(_Section):
+    """Stage 1: supervised fine-tuning on the evidence conversations (spec §6).
+
+    `profile: paper` replaces the hyper-parameters named in PAPER_SFT with the released ones (8 GPUs, ZeRO-3), so
+    one switch (`dvc exp run -S sft.profile=paper`) selects the paper's run; `evisrag sft --dry-run` checks it.
+    """
+
+    profile: Literal["default", "paper"] = "default"
+    model_dir: str = "models/base"
+    out_dir: str = "models/sft"
+    checkpoint_dir: str = "work/sft"
+    log_file: str = "plots/sft_loss.jsonl"
+    learning_rate: float = Field(4e-4, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    num_train_epochs: float = Field(1.0, gt=0.0)
+    max_steps: int = Field(-1, ge=-1)  # -1: run num_train_epochs
+    per_device_train_batch_size: int = Field(8, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    warmup_steps: int = Field(20, ge=0)
+    lr_scheduler_type: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    freeze_vision_tower: bool = True
+    bf16: Literal["auto", "on", "off"] = "auto"  # auto: bf16 where the hardware has it, fp32 on CPU
+    gradient_checkpointing: bool = False
+    cutoff_len: int = Field(4096, ge=64)
+    image_min_pixels: int = Field(3136, ge=784)
+    image_max_pixels: int = Field(12544, ge=784)
+    save_steps: int = Field(50, ge=1)
+    save_total_limit: int = Field(2, ge=1)
+    logging_steps: int = Field(5, ge=1)
+    deepspeed: str | None = None  # path to a DeepSpeed JSON config (configs/deepspeed/zero3.json for the paper)
+    num_gpus: int = Field(1, ge=1)  # for the launch command and the global-batch check of the dry-run
+    prompt_template: Literal["model_card", "repository"] = "model_card"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_profile(cls, values: object) -> object:
+        if isinstance(values, dict) and values.get("profile") == "paper":
+            return {**values, **PAPER_SFT}
+        return values
+
+    @model_validator(mode="after")
+    def _pixels_ordered(self) -> SFTParams:
+        if self.image_min_pixels > self.image_max_pixels:
+            raise ValueError("sft.image_min_pixels must not exceed sft.image_max_pixels")
+        return self
+
+
 class PredictParams(_Section):
     model_dir: str = "models/base"
     backend: Literal["transformers", "vllm"] = "transformers"
@@ -125,6 +195,7 @@ class Params(_Section):
     seed: int = 0
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()
+    sft: SFTParams = SFTParams()
     predict: PredictParams = PredictParams()
     evaluate: EvaluateParams = EvaluateParams()
     tracking: TrackingParams = TrackingParams()

@@ -25,11 +25,32 @@ def _stage_command(name: str):
     def run(args: argparse.Namespace) -> int:
         from flows import stages
 
-        flow = {"download": stages.download_flow, "model": stages.model_flow}[name]
+        flow = {"download": stages.download_flow, "model": stages.model_flow, "sft": stages.sft_flow}[name]
         flow(params_path=str(args.params))
         return 0
 
     return run
+
+
+def cmd_sft(args: argparse.Namespace) -> int:
+    if not args.dry_run:
+        return _stage_command("sft")(args)
+    from dataclasses import asdict
+
+    from evisrag_core.data.schema import SFT_FILE
+    from evisrag_core.sft_plan import PlanError, plan_sft
+
+    params = load_params(args.params)
+    sft_file = Path(params.data.out_dir) / "train" / SFT_FILE
+    n_examples = sum(1 for line in sft_file.open(encoding="utf-8") if line.strip()) if sft_file.is_file() else None
+    try:
+        plan = plan_sft(params.sft, params.seed, n_examples, params.data.embedded.images_per_question)
+    except PlanError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(asdict(plan), indent=2, default=str))
+    print(f"\nlaunch with:\n  {plan.launch_command}")
+    return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -144,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, text in [("download", "write the dataset (embedded, hub or local)"), ("model", "write the base model")]:
         sub.add_parser(name, help=text).set_defaults(func=_stage_command(name))
+
+    sft = sub.add_parser("sft", help="supervised fine-tuning on the evidence conversations (resumes after a kill)")
+    sft.add_argument("--dry-run", action="store_true", help="check the config, print the plan and launch command")
+    sft.set_defaults(func=cmd_sft)
 
     predict = sub.add_parser("predict", help="generate predictions for every test benchmark")
     predict.add_argument("--model", help="model folder or hub id (default: predict.model_dir)")

@@ -19,6 +19,7 @@ from tasks.download import write_dataset
 from tasks.evaluate import evaluate_predictions
 from tasks.model import write_base_model
 from tasks.predict import WORK_DIR, make_backend, predict_benchmark
+from tasks.sft import train as train_sft
 
 
 def _run_name(stage: str):
@@ -43,6 +44,16 @@ def model_flow(params_path: str = "params.yaml") -> str:
         out = write_base_model(params)
         tracking.log_file(out / "config.json", "model")
     return str(out)
+
+
+@flow(name="sft", flow_run_name=_run_name("sft"))
+def sft_flow(params_path: str = "params.yaml") -> dict[str, Any]:
+    params = load_params(params_path)
+    with tracking.stage_run("sft", params, ["sft"]):
+        summary = train_sft(params, Path(params.sft.log_file))
+        mlflow.log_metrics({"sft.final_train_loss": summary["train_loss"], "sft.steps": summary["global_step"]})
+        tracking.log_file(params.sft.log_file, "sft")
+    return summary
 
 
 @flow(name="predict", flow_run_name=_run_name("predict"))

@@ -1,0 +1,251 @@
+"""Stage 1, supervised fine-tuning (spec §6), on transformers' `Trainer`.
+
+What is ours: turning an SFT conversation into model inputs with labels on the assistant tokens only, freezing the
+vision tower, and the training arguments of the embedded default and of the paper profile. Everything else —
+optimiser, cosine schedule with warm-up, gradient accumulation, clipping, checkpoints, resume and DeepSpeed ZeRO —
+is the Trainer's own.
+
+Label masking: a conversation is rendered twice with the Qwen2-VL chat template, the prompt alone (ending in
+`<|im_start|>assistant\\n`) and the prompt plus the assistant turn. Images expand identically in both, so the
+prompt's token count marks where the answer starts. Labels are the answer tokens and the closing `<|im_end|>`
+(the model must learn to stop); the system/user turns, every image token, the template's trailing newline and
+padding are -100.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from evisrag_core.config import SFTParams
+from evisrag_core.data.schema import resolve_image_path
+from evisrag_core.io import BadRecordError, read_jsonl
+from evisrag_core.prompts import build_messages
+
+log = logging.getLogger(__name__)
+IGNORE_INDEX = -100
+IMAGE_PLACEHOLDER = "<image>"
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """One SFT example: the user's question text, its images (absolute paths) and the target response."""
+
+    id: str
+    user_text: str
+    images: list[str]
+    response: str
+
+
+def parse_sft_record(row: dict[str, Any], root: Path, where: str) -> Conversation:
+    """An `sft.jsonl` row (user turn with one `<image>` per image, then the assistant turn) → Conversation."""
+    messages, images = row.get("messages"), row.get("images", [])
+    if not isinstance(messages, list) or len(messages) < 2:
+        raise BadRecordError(f"{where}: 'messages' must hold a user turn and an assistant turn")
+    user = next((m for m in messages if m.get("role") == "user"), None)
+    assistant = next((m for m in reversed(messages) if m.get("role") == "assistant"), None)
+    if user is None or assistant is None:
+        raise BadRecordError(f"{where}: needs one 'user' and one 'assistant' message")
+    text = str(user.get("content", ""))
+    if text.count(IMAGE_PLACEHOLDER) != len(images):
+        raise BadRecordError(
+            f"{where}: {text.count(IMAGE_PLACEHOLDER)} <image> placeholders for {len(images)} images; they must match"
+        )
+    paths = [str(resolve_image_path(root, p, where)) for p in images]
+    return Conversation(
+        str(row.get("id", where)), text.replace(IMAGE_PLACEHOLDER, ""), paths, str(assistant["content"])
+    )
+
+
+def load_conversations(sft_file: Path) -> list[Conversation]:
+    root = sft_file.parent
+    return [parse_sft_record(row, root, f"{sft_file}:{i}") for i, row in enumerate(read_jsonl(sft_file), start=1)]
+
+
+def conversation_messages(example: Conversation, min_pixels: int, max_pixels: int) -> list[dict[str, Any]]:
+    """The user turn exactly as prediction builds it (text, then images in order), plus the assistant answer."""
+    user = build_messages("", example.images, min_pixels=min_pixels, max_pixels=max_pixels)
+    user[0]["content"][0]["text"] = example.user_text
+    return [*user, {"role": "assistant", "content": [{"type": "text", "text": example.response}]}]
+
+
+class SFTCollator:
+    """Conversations → a padded batch with `labels` on assistant tokens only (see the module docstring)."""
+
+    def __init__(self, processor: Any, min_pixels: int, max_pixels: int, cutoff_len: int):
+        self.processor, self.min_pixels, self.max_pixels, self.cutoff_len = (
+            processor,
+            min_pixels,
+            max_pixels,
+            cutoff_len,
+        )
+        self.pad_id = processor.tokenizer.pad_token_id
+        self.end_id = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+    def _encode(self, example: Conversation) -> dict[str, Any]:
+        from qwen_vl_utils import process_vision_info
+
+        messages = conversation_messages(example, self.min_pixels, self.max_pixels)
+        prompt = self.processor.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
+        full = self.processor.apply_chat_template(messages, tokenize=False)
+        if not full.startswith(prompt):
+            raise ValueError(f"{example.id}: the chat template renders the prompt differently inside the conversation")
+        images, _ = process_vision_info(messages[:1])
+        encoded = self.processor(text=[full], images=images or None, return_tensors="pt")
+        prompt_len = self.processor(text=[prompt], images=images or None, return_tensors="pt")["input_ids"].shape[1]
+        input_ids = encoded["input_ids"][0]
+        labels = torch.full_like(input_ids, IGNORE_INDEX)
+        labels[prompt_len:] = input_ids[prompt_len:]
+        # Train on the answer and its <|im_end|>; the template's trailing newline after <|im_end|> is not a target.
+        ends = (input_ids == self.end_id).nonzero().flatten()
+        last_end = int(ends[-1]) if len(ends) else len(input_ids) - 1
+        labels[last_end + 1 :] = IGNORE_INDEX
+        if len(input_ids) > self.cutoff_len:
+            raise BadRecordError(
+                f"{example.id}: {len(input_ids)} tokens exceed sft.cutoff_len={self.cutoff_len}; raise it or shrink "
+                "the images (sft.image_max_pixels)"
+            )
+        return {"input_ids": input_ids, "labels": labels, **{k: v for k, v in encoded.items() if k != "input_ids"}}
+
+    def __call__(self, examples: Sequence[Conversation]) -> dict[str, torch.Tensor]:
+        items = [self._encode(e) for e in examples]
+        width = max(len(item["input_ids"]) for item in items)
+        batch = {
+            "input_ids": torch.full((len(items), width), self.pad_id, dtype=torch.long),
+            "labels": torch.full((len(items), width), IGNORE_INDEX, dtype=torch.long),
+            "attention_mask": torch.zeros((len(items), width), dtype=torch.long),
+        }
+        extra_seq = [
+            k for k in items[0] if k not in ("input_ids", "labels", "attention_mask") and _per_token(items[0], k)
+        ]
+        for k in extra_seq:
+            batch[k] = torch.zeros((len(items), width), dtype=items[0][k].dtype)
+        for row, item in enumerate(items):
+            n = len(item["input_ids"])
+            batch["input_ids"][row, :n] = item["input_ids"]
+            batch["labels"][row, :n] = item["labels"]
+            batch["attention_mask"][row, :n] = 1
+            for k in extra_seq:
+                batch[k][row, :n] = item[k][0]
+        if "pixel_values" in items[0]:
+            batch["pixel_values"] = torch.cat([item["pixel_values"] for item in items])
+            batch["image_grid_thw"] = torch.cat([item["image_grid_thw"] for item in items])
+        return batch
+
+
+def _per_token(item: dict[str, Any], key: str) -> bool:
+    value = item[key]
+    return isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape[1] == len(item["input_ids"])
+
+
+def freeze_vision_tower(model: torch.nn.Module) -> int:
+    """Freeze the ViT and its patch merger (the reference trains only the language model); returns #frozen."""
+    visual = model.model.visual if hasattr(model, "model") and hasattr(model.model, "visual") else model.visual
+    frozen = 0
+    for parameter in visual.parameters():
+        parameter.requires_grad_(False)
+        frozen += parameter.numel()
+    return frozen
+
+
+def use_bf16(setting: str) -> bool:
+    if setting == "on":
+        return True
+    if setting == "off":
+        return False
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def training_arguments(cfg: SFTParams, seed: int) -> Any:
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=cfg.checkpoint_dir,
+        learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+        num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        warmup_steps=cfg.warmup_steps,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        max_grad_norm=cfg.max_grad_norm,
+        bf16=use_bf16(cfg.bf16),
+        activation_checkpointing=cfg.gradient_checkpointing,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        logging_steps=cfg.logging_steps,
+        logging_first_step=True,
+        report_to="none",
+        seed=seed,
+        data_seed=seed,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        deepspeed=cfg.deepspeed,
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=False,
+    )
+
+
+def last_checkpoint(checkpoint_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
+
+
+def optimizer_steps(n_examples: int, cfg: SFTParams, world_size: int = 1) -> int:
+    if cfg.max_steps > 0:
+        return cfg.max_steps
+    per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * world_size
+    return math.ceil(cfg.num_train_epochs * math.ceil(n_examples / per_step))
+
+
+def train_sft(
+    cfg: SFTParams,
+    sft_file: Path,
+    seed: int,
+    on_log: Callable[[int, dict[str, float]], None] = lambda step, logs: None,
+    trust_remote_code: bool = False,
+) -> dict[str, Any]:
+    """Fine-tune `cfg.model_dir` on `sft_file`; resume from the last checkpoint in `cfg.checkpoint_dir` if any;
+    save the final model and processor to `cfg.out_dir`. Returns the training summary."""
+    from transformers import Trainer, TrainerCallback, set_seed
+
+    from evisrag_core.modeling import load_model_and_processor
+
+    set_seed(seed)
+    model, processor = load_model_and_processor(cfg.model_dir, trust_remote_code=trust_remote_code, dtype=torch.float32)
+    processor.tokenizer.padding_side = "right"
+    model.train()
+    if cfg.freeze_vision_tower:
+        log.info("vision tower frozen (%d parameters)", freeze_vision_tower(model))
+    conversations = load_conversations(sft_file)
+
+    class _Relay(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and state.is_world_process_zero:
+                on_log(state.global_step, {k: float(v) for k, v in logs.items() if isinstance(v, int | float)})
+
+    trainer = Trainer(
+        model=model,
+        args=training_arguments(cfg, seed),
+        train_dataset=conversations,
+        data_collator=SFTCollator(processor, cfg.image_min_pixels, cfg.image_max_pixels, cfg.cutoff_len),
+        callbacks=[_Relay()],
+    )
+    resume = last_checkpoint(Path(cfg.checkpoint_dir))
+    if resume:
+        log.info("resuming from %s", resume)
+    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(cfg.out_dir)
+    if trainer.is_world_process_zero():
+        processor.tokenizer.padding_side = "left"
+        processor.save_pretrained(cfg.out_dir)
+    return {"global_step": result.global_step, "train_loss": result.training_loss, "resumed_from": resume}

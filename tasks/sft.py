@@ -1,0 +1,34 @@
+"""SFT stage task: fine-tune, stream the loss to MLflow and to a DVC plots file, write the final model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from prefect import get_run_logger, task
+
+from evisrag_core import sft
+from evisrag_core.config import Params
+from evisrag_core.data.schema import SFT_FILE
+from evisrag_core.io import atomic_path
+from tasks import TASK_DEFAULTS
+
+
+@task(name="train-sft", **TASK_DEFAULTS)
+def train(params: Params, log_file: Path) -> dict[str, Any]:
+    cfg = params.sft
+    history: list[dict[str, float]] = []
+
+    def on_log(step: int, logs: dict[str, float]) -> None:
+        metrics = {k: v for k, v in logs.items() if k in ("loss", "learning_rate", "grad_norm")}
+        if metrics:
+            mlflow.log_metrics({f"sft.{k}": v for k, v in metrics.items()}, step=step)
+            history.append({"step": step, **metrics})
+
+    summary = sft.train_sft(cfg, Path(params.data.out_dir) / "train" / SFT_FILE, params.seed, on_log=on_log)
+    with atomic_path(log_file) as tmp:
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in history))
+    get_run_logger().info("SFT done: %s", summary)
+    return summary
