@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -244,8 +246,17 @@ def train_sft(
     if resume:
         log.info("resuming from %s", resume)
     result = trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model(cfg.out_dir)
+    save_final(trainer, processor, Path(cfg.out_dir))
+    return {"global_step": result.global_step, "train_loss": result.training_loss, "resumed_from": resume}
+
+
+def save_final(trainer: Any, processor: Any, out_dir: Path) -> None:
+    """Save model + processor beside `out_dir`, then swap it in: a kill mid-save never leaves a half model there."""
+    staging = out_dir.with_name(f".{out_dir.name}.saving")
+    trainer.save_model(str(staging))  # every rank takes part (ZeRO-3 gathers the shards)
     if trainer.is_world_process_zero():
         processor.tokenizer.padding_side = "left"
-        processor.save_pretrained(cfg.out_dir)
-    return {"global_step": result.global_step, "train_loss": result.training_loss, "resumed_from": resume}
+        processor.save_pretrained(str(staging))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(staging, out_dir)
