@@ -1,0 +1,144 @@
+"""The `evisrag` command line: scoring a prediction file, answering one question, and params errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import TINY_PIXELS, MakeTestSplit
+from PIL import Image
+
+from evisrag_core.config import PredictParams
+from evisrag_core.predict import Request, Sampling, TransformersBackend
+from flows.cli import main
+
+QUERY = "What colour is the square on the red background?"
+
+
+def tagged(answer: str) -> str:
+    return f"<observe>o</observe>\n<evidence>[1]: e</evidence>\n<think>t</think>\n<answer>{answer}</answer>"
+
+
+def question(qid: int, answer: list[str], is_sufficient: bool = True) -> dict[str, Any]:
+    return {
+        "qid": qid,
+        "query": f"question {qid}?",
+        "image": [f"images/{qid}_1.png", f"images/{qid}_2.png", f"images/{qid}_3.png"],
+        "answer": answer,
+        "is_sufficient": is_sufficient,
+    }
+
+
+def write_params(path: Path, raw: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return path
+
+
+def images(folder: Path, n: int) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        path = folder / f"page{i + 1}.png"
+        Image.new("RGB", (112, 112), (40 * i, 80, 200)).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def test_evaluate_a_reference_prediction_file(
+    make_test_split: MakeTestSplit, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    split = make_test_split(
+        "ChartQA",
+        [
+            question(101, ["Paris"]),
+            question(102, ["42"]),
+            question(103, ["blue"]),
+            question(104, [], is_sufficient=False),
+        ],
+    )
+    preds = [  # the reference predict.py's rows: int qids, the image paths used, the raw generation
+        {"qid": 104, "imgs": question(104, [])["image"], "pred": tagged("insufficient to answer")},
+        {"qid": 101, "imgs": question(101, [])["image"], "pred": tagged("Paris")},
+        {"qid": 102, "imgs": question(102, [])["image"], "pred": tagged("41")},
+        {"qid": 103, "imgs": question(103, [])["image"], "pred": tagged("Blue.")},
+    ]
+    pred_file = tmp_path / "ChartQA.jsonl"
+    pred_file.write_text("".join(json.dumps(row) + "\n" for row in preds), encoding="utf-8")
+    out = tmp_path / "eval" / "metrics.json"
+
+    code = main(["evaluate", "--data", str(split), "--preds", str(pred_file), "--out", str(out)])
+
+    assert code == 0
+    metrics = json.loads(out.read_text(encoding="utf-8"))
+    assert metrics["global_em"] == pytest.approx(3 / 4)
+    assert metrics["issuff_em"] == pytest.approx(2 / 3)
+    assert metrics["unsuff_em"] == pytest.approx(1.0)
+    assert (metrics["cnt_global"], metrics["cnt_issuff"], metrics["cnt_unsuff"]) == (4, 3, 1)
+    assert json.loads(capsys.readouterr().out) == metrics
+
+
+def test_evaluate_a_file_with_a_missing_question_fails_with_exit_code_2(
+    make_test_split: MakeTestSplit, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    split = make_test_split("ChartQA", [question(1, ["a"]), question(2, ["b"])])
+    pred_file = tmp_path / "preds.jsonl"
+    pred_file.write_text(json.dumps({"qid": 1, "imgs": [], "pred": tagged("a")}) + "\n", encoding="utf-8")
+    out = tmp_path / "metrics.json"
+    assert main(["evaluate", "--data", str(split), "--preds", str(pred_file), "--out", str(out)]) == 2
+    assert "1 of 2 test questions have no prediction: 2" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_answer_prints_the_generation(
+    tiny_model_dir: Path, tiny_model: tuple[Any, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    params = write_params(tmp_path / "params.yaml", {"predict": {"model_dir": str(tmp_path / "not-this-one")}})
+    pages = images(tmp_path / "pages", 3)
+    argv = ["--params", str(params), "answer", "--query", QUERY, "--images", *pages]
+    code = main([*argv, "--model", str(tiny_model_dir), "--max-new-tokens", "8"])
+    out = capsys.readouterr().out
+
+    model, processor = tiny_model
+    cfg = PredictParams()
+    sampling = Sampling(cfg.temperature, cfg.top_p, cfg.repetition_penalty, 8)
+    backend = TransformersBackend(model, processor, sampling, cfg.prompt_template, TINY_PIXELS)
+    expected = backend.generate([Request("cli", QUERY, pages, pages)])[0]
+    assert code == 0
+    assert out == expected + "\n"
+
+
+@pytest.mark.parametrize(
+    ("make_images", "message"),
+    [
+        (lambda tmp: [*images(tmp / "p", 2), str(tmp / "p" / "absent.png")], "image(s) not found: "),
+        (lambda tmp: images(tmp / "p", 6), "6 images given; the model takes at most 5"),
+    ],
+)
+def test_answer_refuses_bad_images_before_loading_a_model(tmp_path: Path, make_images: Any, message: str) -> None:
+    params = write_params(tmp_path / "params.yaml", {"seed": 0})
+    paths = make_images(tmp_path)
+    argv = ["--params", str(params), "answer", "--query", QUERY, "--images", *paths]
+    with pytest.raises(SystemExit) as excinfo:
+        main([*argv, "--model", str(tmp_path / "no-model-here")])
+    assert isinstance(excinfo.value.code, str) and message in excinfo.value.code
+    if "not found" in message:
+        assert excinfo.value.code.endswith("absent.png")
+
+
+def test_unknown_params_key_exits_2_and_lists_the_valid_keys(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = write_params(tmp_path / "bad.yaml", {"predict": {"topk": 3}})
+    assert main(["--params", str(bad), "metrics"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ")
+    assert "unknown key 'predict.topk'" in err
+    assert "valid keys here: " + ", ".join(sorted(PredictParams.model_fields)) in err
+
+
+def test_missing_params_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--params", str(tmp_path / "absent.yaml"), "metrics"]) == 2
+    assert "absent.yaml not found" in capsys.readouterr().err
