@@ -76,6 +76,11 @@ class TinyModelParams(_Section):
             raise ValueError("model.tiny head size (hidden_size / num_attention_heads) must be a multiple of 8")
         if self.vision_hidden_size % self.vision_num_heads:
             raise ValueError("model.tiny.vision_hidden_size must be divisible by vision_num_heads")
+        if (self.vision_hidden_size // self.vision_num_heads) % 4:
+            # The vision rotary embedding splits each head into (height, width) halves of even size.
+            raise ValueError(
+                "model.tiny vision head size (vision_hidden_size / vision_num_heads) must be a multiple of 4"
+            )
         return self
 
 
@@ -158,6 +163,117 @@ class SFTParams(_Section):
         return self
 
 
+# The released RS-GRPO settings (spec §5, `src/rsgrpo/examples/config.yaml` of the reference): `rsgrpo.profile:
+# paper` applies them over whatever params.yaml says. The reference's micro-batch of 1 response per device is kept,
+# so its per-micro-batch loss rescaling is reproduced too (see evisrag_core/rsgrpo_loop.py).
+PAPER_RSGRPO: dict[str, object] = {
+    "model_dir": "models/sft",
+    "mode": "rsgrpo",
+    "epochs": 16.0,
+    "rollout_batch_size": 32,
+    "n": 8,
+    "temperature": 1.0,
+    "top_p": 1.0,
+    "max_new_tokens": 1536,
+    "max_prompt_length": 15000,
+    "micro_batch_size": 1,
+    "learning_rate": 1e-6,
+    "weight_decay": 0.01,
+    "max_grad_norm": 1.0,
+    "clip_low": 0.2,
+    "clip_high": 0.28,
+    "dual_clip": 3.0,
+    "kl_coef": 0.0,
+    "filter_low": 0.01,
+    "filter_high": 6.9,
+    "online_filtering": True,
+    "max_filter_tries": 20,
+    "freeze_vision_tower": True,
+    "gradient_checkpointing": True,
+    "bf16": "on",
+    "max_length": 1536,
+    "buffer_length": 512,
+    "min_length": 200,
+    "val_every": 10,
+    "val_temperature": 0.1,
+    "val_top_p": 0.95,
+    "save_every": 10,
+    "image_min_pixels": 262_144,
+    "image_max_pixels": 1_568_000,
+}
+
+
+class RSGRPOParams(_Section):
+    """Stage 2: reward-scoped GRPO from the SFT model (spec §4, §5); read by evisrag_core.rsgrpo_loop.
+
+    `mode: grpo` is the plain-GRPO ablation: one scalar reward (`overall`) whose advantage covers the whole response.
+    `profile: paper` replaces the keys of PAPER_RSGRPO with the released values (8 GPUs in the reference).
+    """
+
+    profile: Literal["default", "paper"] = "default"
+    model_dir: str = "models/sft"
+    out_dir: str = "models/rsgrpo"
+    checkpoint_dir: str = "work/rsgrpo"
+    log_file: str = "plots/rsgrpo.jsonl"
+    report_dir: str = "reports/rsgrpo"
+    mode: Literal["rsgrpo", "grpo"] = "rsgrpo"
+    steps: int = Field(20, ge=1)  # optimizer steps; ignored when `epochs` is set
+    epochs: float | None = Field(None, gt=0.0)  # steps = ceil(epochs · train prompts / rollout_batch_size)
+    rollout_batch_size: int = Field(4, ge=1)  # prompt groups per step (after filtering)
+    n: int = Field(8, ge=2)  # rollouts per prompt; the group std needs at least 2
+    temperature: float = Field(1.0, gt=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(160, ge=1)
+    max_prompt_length: int = Field(15000, ge=1)  # longer prompts (text + image tokens) are an error
+    micro_batch_size: int = Field(0, ge=0)  # responses per forward/backward; 0: the whole rollout batch at once
+    rollout_backend: Literal["transformers", "vllm"] = "transformers"
+    learning_rate: float = Field(5e-5, gt=0.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    clip_low: float = Field(0.2, ge=0.0, lt=1.0)
+    clip_high: float = Field(0.28, ge=0.0)
+    dual_clip: float = Field(3.0, gt=1.0)
+    kl_coef: float = Field(0.0, ge=0.0)  # 0: no reference model, no KL term (the released setting)
+    filter_low: float = 0.01
+    filter_high: float = 6.9
+    online_filtering: bool = True
+    max_filter_tries: int = Field(20, ge=1)
+    freeze_vision_tower: bool = True
+    gradient_checkpointing: bool = False
+    bf16: Literal["auto", "on", "off"] = "auto"
+    max_length: int = Field(1536, ge=1)  # overlong reward: L > max_length → -1
+    buffer_length: int = Field(512, ge=1)  # soft penalty over the last buffer_length tokens before max_length
+    min_length: int = Field(200, ge=0)  # L < min_length → -1
+    val_every: int = Field(10, ge=0)  # 0: no validation
+    val_size: int = Field(32, ge=0)  # prompts of train/rl_val.jsonl, or held out of rl.jsonl when it is absent
+    val_temperature: float = Field(0.1, gt=0.0)
+    val_top_p: float = Field(0.95, gt=0.0, le=1.0)
+    save_every: int = Field(10, ge=1)
+    save_total_limit: int = Field(2, ge=1)
+    report_every: int = Field(10, ge=0)  # 0: no HTML report
+    report_rollouts: int = Field(4, ge=1)
+    image_min_pixels: int = Field(3136, ge=784)
+    image_max_pixels: int = Field(12544, ge=784)
+    prompt_template: Literal["model_card", "repository"] = "model_card"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_profile(cls, values: object) -> object:
+        if isinstance(values, dict) and values.get("profile") == "paper":
+            return {**values, **PAPER_RSGRPO}
+        return values
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RSGRPOParams:
+        if self.image_min_pixels > self.image_max_pixels:
+            raise ValueError("rsgrpo.image_min_pixels must not exceed rsgrpo.image_max_pixels")
+        if self.filter_low >= self.filter_high:
+            raise ValueError("rsgrpo.filter_low must be below rsgrpo.filter_high (no group could be kept)")
+        if self.buffer_length > self.max_length:
+            raise ValueError("rsgrpo.buffer_length must not exceed rsgrpo.max_length")
+        return self
+
+
 class PredictParams(_Section):
     model_dir: str = "models/base"
     backend: Literal["transformers", "vllm"] = "transformers"
@@ -196,6 +312,7 @@ class Params(_Section):
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()
     sft: SFTParams = SFTParams()
+    rsgrpo: RSGRPOParams = RSGRPOParams()
     predict: PredictParams = PredictParams()
     evaluate: EvaluateParams = EvaluateParams()
     tracking: TrackingParams = TrackingParams()

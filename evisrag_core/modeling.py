@@ -176,6 +176,16 @@ def _check_architecture(name_or_path: str, trust_remote_code: bool, revision: st
         )
 
 
+def require_local_model_dir(path: str | Path, produced_by: str) -> Path:
+    """A stage input that must be a local folder: fail at once instead of trying it as a hub id."""
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise ModelLoadError(
+            f"{folder} is not a model folder (no config.json); run `{produced_by}` (or `dvc repro`) first"
+        )
+    return folder
+
+
 def verify_model_dir(path: str | Path, trust_remote_code: bool = False) -> None:
     """A folder is usable when its config names a supported architecture and its processor loads."""
     _check_architecture(str(path), trust_remote_code, None)
@@ -206,7 +216,7 @@ def load_model_and_processor(
         processor = AutoProcessor.from_pretrained(
             name, trust_remote_code=trust_remote_code, revision=revision, padding_side=padding_side
         )
-    except OSError as err:
+    except (OSError, ValueError) as err:
         raise ModelLoadError(
             f"cannot load a model from {name!r}: {err}. Use a local folder written by `evisrag download` or "
             "`save_pretrained`, or a hub id on a machine that can reach the hub."

@@ -168,6 +168,10 @@ def read_finished(path: Path, known_qids: set[str]) -> set[str]:
     if good_bytes < len(raw):
         with path.open("r+b") as handle:
             handle.truncate(min(good_bytes, len(raw)))
+    elif raw and not raw.endswith(b"\n"):
+        # A complete last row without its newline (crash between the two writes): end the line before appending.
+        with path.open("ab") as handle:
+            handle.write(b"\n")
     return finished
 
 

@@ -167,6 +167,7 @@ def use_bf16(setting: str) -> bool:
 def training_arguments(cfg: SFTParams, seed: int) -> Any:
     from transformers import TrainingArguments
 
+    cpu_only = not torch.cuda.is_available()
     return TrainingArguments(
         output_dir=cfg.checkpoint_dir,
         learning_rate=cfg.learning_rate,
@@ -191,7 +192,10 @@ def training_arguments(cfg: SFTParams, seed: int) -> Any:
         remove_unused_columns=False,
         dataloader_num_workers=0,
         deepspeed=cfg.deepspeed,
-        use_cpu=not torch.cuda.is_available(),
+        # accelerate's CPU mode bypasses DeepSpeed, so with sft.deepspeed on a CPU-only machine DeepSpeed's own CPU
+        # accelerator is the device and the ranks talk over gloo (launch with torchrun; see README, SFT).
+        use_cpu=cpu_only and not cfg.deepspeed,
+        ddp_backend="gloo" if cpu_only and cfg.deepspeed else None,
         disable_tqdm=False,
     )
 
@@ -220,9 +224,10 @@ def train_sft(
     save the final model and processor to `cfg.out_dir`. Returns the training summary."""
     from transformers import Trainer, TrainerCallback, set_seed
 
-    from evisrag_core.modeling import load_model_and_processor
+    from evisrag_core.modeling import load_model_and_processor, require_local_model_dir
 
     set_seed(seed)
+    require_local_model_dir(cfg.model_dir, "evisrag model")
     model, processor = load_model_and_processor(cfg.model_dir, trust_remote_code=trust_remote_code, dtype=torch.float32)
     processor.tokenizer.padding_side = "right"
     model.train()

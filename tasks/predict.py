@@ -19,7 +19,7 @@ from evisrag_core import predict as core
 from evisrag_core.config import Params, PredictParams
 from evisrag_core.data.schema import TEST_FILE, load_test_split
 from evisrag_core.io import atomic_path
-from evisrag_core.modeling import load_model_and_processor
+from evisrag_core.modeling import load_model_and_processor, require_local_model_dir
 from tasks import TASK_DEFAULTS
 
 WORK_DIR = Path("work/predict")
@@ -45,6 +45,7 @@ def fingerprint(model_dir: Path, test_file: Path, params: PredictParams) -> str:
 def make_backend(params: PredictParams, model_dir: Path, trust_remote_code: bool) -> core.Backend:
     sampling, pixels = core.Sampling.from_params(params), (params.min_pixels, params.max_pixels)
     core.set_cpu_threads()
+    require_local_model_dir(model_dir, "evisrag model / evisrag sft")
     if params.backend == "vllm":
         from transformers import AutoProcessor
 

@@ -165,11 +165,6 @@ def test_tiny_model_valid_head_sizes_pass(sizes: dict[str, int]) -> None:
     assert TinyModelParams(**sizes).model_dump().items() >= sizes.items()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config.py TinyModelParams._heads_divide accepts a vision head size that is not a multiple of 4; "
-    "Qwen2.5-VL's vision rotary embedding then fails at the first forward pass (see test_modeling)",
-)
 @pytest.mark.parametrize(("hidden", "heads"), [(40, 4), (36, 2)])
 def test_tiny_model_vision_head_size_must_suit_the_rotary_embedding(hidden: int, heads: int) -> None:
     with pytest.raises(ValidationError, match="vision"):

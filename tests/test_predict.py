@@ -170,11 +170,6 @@ def test_resume_after_a_crash_generates_only_the_missing_questions(
     assert again.batches == [] and read_jsonl(crashed) == rows
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="predict.py read_finished keeps a complete last row that lacks its newline, and predict_split then "
-    "appends the next row on the same line, so the file is no longer JSON lines",
-)
 def test_resume_after_a_crash_between_row_and_newline(
     requests_: list[Request], backend: CountingBackend, tmp_path: Path
 ) -> None:
