@@ -167,7 +167,6 @@ def use_bf16(setting: str) -> bool:
 def training_arguments(cfg: SFTParams, seed: int) -> Any:
     from transformers import TrainingArguments
 
-    cpu_only = not torch.cuda.is_available()
     return TrainingArguments(
         output_dir=cfg.checkpoint_dir,
         learning_rate=cfg.learning_rate,
@@ -192,10 +191,9 @@ def training_arguments(cfg: SFTParams, seed: int) -> Any:
         remove_unused_columns=False,
         dataloader_num_workers=0,
         deepspeed=cfg.deepspeed,
-        # accelerate's CPU mode bypasses DeepSpeed, so with sft.deepspeed on a CPU-only machine DeepSpeed's own CPU
-        # accelerator is the device and the ranks talk over gloo (launch with torchrun; see README, SFT).
-        use_cpu=cpu_only and not cfg.deepspeed,
-        ddp_backend="gloo" if cpu_only and cfg.deepspeed else None,
+        # CPU-only with sft.deepspeed under torchrun: accelerate joins the ranks over gloo and the Trainer still hands
+        # the model to DeepSpeed, which runs on its CPU accelerator (tests/test_sft_deepspeed.py).
+        use_cpu=not torch.cuda.is_available(),
         disable_tqdm=False,
     )
 

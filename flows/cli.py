@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,21 @@ def _stage_command(name: str):
     return run
 
 
+def launch_rank() -> int:
+    """This process's global rank under `torchrun` (its RANK variable); 0 in an ordinary run."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def cmd_sft(args: argparse.Namespace) -> int:
+    """`torchrun --nproc_per_node=N -m flows.cli sft` is one stage run: rank 0 runs the Prefect flow with its MLflow
+    run, the other ranks train beside it as plain processes (a flow on every rank would start N ephemeral Prefect
+    servers on one database and log N MLflow runs)."""
     if not args.dry_run:
+        if launch_rank() > 0:
+            from tasks.sft import train_on_worker_rank
+
+            train_on_worker_rank(load_params(args.params))
+            return 0
         return _stage_command("sft")(args)
     from dataclasses import asdict
 

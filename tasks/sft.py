@@ -16,6 +16,18 @@ from evisrag_core.io import atomic_path
 from tasks import TASK_DEFAULTS
 
 
+def sft_file(params: Params) -> Path:
+    return Path(params.data.out_dir) / "train" / SFT_FILE
+
+
+def train_on_worker_rank(params: Params) -> dict[str, Any]:
+    """Ranks > 0 of a distributed launch: the same training as rank 0's task, outside Prefect and MLflow.
+
+    Rank 0 runs `train` inside the flow: it alone logs the loss and writes `log_file`, and the Trainer lets only
+    rank 0 write the final model (every rank writes its own ZeRO shard of a checkpoint)."""
+    return sft.train_sft(params.sft, sft_file(params), params.seed)
+
+
 @task(name="train-sft", **TASK_DEFAULTS)
 def train(params: Params, log_file: Path) -> dict[str, Any]:
     cfg = params.sft
@@ -27,7 +39,7 @@ def train(params: Params, log_file: Path) -> dict[str, Any]:
             mlflow.log_metrics({f"sft.{k}": v for k, v in metrics.items()}, step=step)
             history.append({"step": step, **metrics})
 
-    summary = sft.train_sft(cfg, Path(params.data.out_dir) / "train" / SFT_FILE, params.seed, on_log=on_log)
+    summary = sft.train_sft(cfg, sft_file(params), params.seed, on_log=on_log)
     with atomic_path(log_file) as tmp:
         tmp.write_text("".join(json.dumps(row) + "\n" for row in history))
     get_run_logger().info("SFT done: %s", summary)
