@@ -220,12 +220,17 @@ def train_sft(
 ) -> dict[str, Any]:
     """Fine-tune `cfg.model_dir` on `sft_file`; resume from the last checkpoint in `cfg.checkpoint_dir` if any;
     save the final model and processor to `cfg.out_dir`. Returns the training summary."""
-    from transformers import Trainer, TrainerCallback, set_seed
+    from transformers import TrainerCallback, set_seed
 
     from evisrag_core.modeling import load_model_and_processor, require_local_model_dir
 
     set_seed(seed)
     require_local_model_dir(cfg.model_dir, "evisrag model")
+    if cfg.deepspeed and "LOCAL_RANK" not in os.environ:
+        raise RuntimeError(
+            f"sft.deepspeed is set ({cfg.deepspeed}): launch with a distributed launcher, e.g. "
+            f"`torchrun --nproc_per_node={cfg.num_gpus} -m flows.cli sft` (DeepSpeed needs one)"
+        )
     model, processor = load_model_and_processor(cfg.model_dir, trust_remote_code=trust_remote_code, dtype=torch.float32)
     processor.tokenizer.padding_side = "right"
     model.train()
@@ -238,7 +243,7 @@ def train_sft(
             if logs and state.is_world_process_zero:
                 on_log(state.global_step, {k: float(v) for k, v in logs.items() if isinstance(v, int | float)})
 
-    trainer = Trainer(
+    trainer = _checkpoint_key_mapping_trainer()(
         model=model,
         args=training_arguments(cfg, seed),
         train_dataset=conversations,
@@ -251,6 +256,29 @@ def train_sft(
     result = trainer.train(resume_from_checkpoint=resume)
     save_final(trainer, processor, Path(cfg.out_dir))
     return {"global_step": result.global_step, "train_loss": result.training_loss, "resumed_from": resume}
+
+
+def _checkpoint_key_mapping_trainer() -> type:
+    from transformers import Trainer
+
+    class CheckpointKeyMappingTrainer(Trainer):
+        """Trainer whose resume reloads weights through `from_pretrained`.
+
+        transformers 5.24 saves checkpoints with the legacy Qwen2.5-VL key names (`model.layers.*`, `visual.*`) but
+        its resume loads them non-strictly into a model named `model.language_model.*` / `model.visual.*`: no weight
+        is restored and only a warning is logged. `from_pretrained` applies the key mapping; the load is strict.
+        DeepSpeed and FSDP checkpoints keep the Trainer's own path.
+        """
+
+        def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+            if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+                return super()._load_from_checkpoint(resume_from_checkpoint, model)
+            target = model if model is not None else self.model
+            saved = type(target).from_pretrained(resume_from_checkpoint, dtype=torch.float32, use_safetensors=True)
+            target.load_state_dict(saved.state_dict(), strict=True)
+            return None
+
+    return CheckpointKeyMappingTrainer
 
 
 def save_final(trainer: Any, processor: Any, out_dir: Path) -> None:
