@@ -14,6 +14,7 @@ padding are -100.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -199,9 +200,23 @@ def training_arguments(cfg: SFTParams, seed: int) -> Any:
 
 
 def last_checkpoint(checkpoint_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
+    """The newest *complete* `checkpoint-N`: the Trainer writes trainer_state.json last, so a kill mid-save leaves a
+    folder without it (or with a torn one), which is skipped rather than resumed from."""
+    if not checkpoint_dir.is_dir():
+        return None
+    candidates = sorted(
+        (p for p in checkpoint_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+        reverse=True,
+    )
+    for candidate in candidates:
+        try:
+            json.loads((candidate / "trainer_state.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            log.warning("skipping incomplete checkpoint %s (interrupted while saving)", candidate)
+            continue
+        return str(candidate)
+    return None
 
 
 def optimizer_steps(n_examples: int, cfg: SFTParams, world_size: int = 1) -> int:

@@ -201,18 +201,21 @@ def test_sft_resumes_after_sigkill(tiny_dataset: Path, tiny_model_dir: Path, tmp
     assert clean.returncode == 0, clean.stderr[-3000:]
 
     killed_params = params_for("killed")
+    # Its own process group: the kill takes the stage and its temporary Prefect server down together, as a crash
+    # of the machine's job would, and leaves no server behind.
     victim = subprocess.Popen(
         [*command, str(killed_params), "sft"],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     checkpoints = tmp_path / "killed" / "ckpt"
     deadline = time.monotonic() + 300
     while not any(checkpoints.glob("checkpoint-6")) and time.monotonic() < deadline:
         time.sleep(0.2)
-    victim.send_signal(signal.SIGKILL)
+    os.killpg(victim.pid, signal.SIGKILL)
     victim.wait()
     assert not (tmp_path / "killed" / "model").exists(), "the final model must not exist before training ends"
 
@@ -233,3 +236,24 @@ def test_sft_resumes_after_sigkill(tiny_dataset: Path, tiny_model_dir: Path, tmp
     from evisrag_core.modeling import load_model_and_processor
 
     load_model_and_processor(tmp_path / "killed" / "model")
+
+
+@pytest.mark.parametrize(
+    ("folders", "expected"),
+    [
+        ({}, None),
+        ({"checkpoint-2": "{}", "checkpoint-10": "{}"}, "checkpoint-10"),  # numeric, not lexical, order
+        ({"checkpoint-2": "{}", "checkpoint-4": None}, "checkpoint-2"),  # killed before trainer_state.json
+        ({"checkpoint-2": "{}", "checkpoint-4": '{"glob'}, "checkpoint-2"),  # torn trainer_state.json
+        ({"checkpoint-4": None}, None),
+    ],
+)
+def test_resume_picks_the_newest_complete_checkpoint(tmp_path: Path, folders: dict, expected: str | None):
+    from evisrag_core.sft import last_checkpoint
+
+    for name, state in folders.items():
+        (tmp_path / name).mkdir()
+        if state is not None:
+            (tmp_path / name / "trainer_state.json").write_text(state)
+    found = last_checkpoint(tmp_path)
+    assert found == (str(tmp_path / expected) if expected else None)
