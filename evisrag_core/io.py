@@ -101,3 +101,29 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+class StepLog:
+    """A per-step metrics log that survives a kill: rows are appended and flushed as training goes; a resumed run
+    first drops the rows past the step it resumes from (they will be logged again), so the published log reads as
+    one uninterrupted run."""
+
+    def __init__(self, path: str | os.PathLike[str], resume_step: int):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = [row for row in self._rows() if row.get("step", 0) <= resume_step] if resume_step > 0 else []
+        write_jsonl_atomic(self.path, kept)
+
+    def _rows(self) -> list[dict[str, Any]]:
+        try:
+            return read_jsonl(self.path)
+        except (FileNotFoundError, BadRecordError):
+            return []
+
+    def append(self, row: dict[str, Any]) -> None:
+        with self.path.open("a", encoding="utf-8") as handle:
+            append_jsonl(handle, row)
+
+    def publish(self, dest: str | os.PathLike[str]) -> None:
+        """Copy the log to its final place (e.g. a DVC plots file) in one rename."""
+        write_jsonl_atomic(dest, self._rows())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ from prefect import get_run_logger, task
 from evisrag_core import sft
 from evisrag_core.config import Params
 from evisrag_core.data.schema import SFT_FILE
-from evisrag_core.io import atomic_path
+from evisrag_core.io import StepLog
 from tasks import TASK_DEFAULTS
 
 
@@ -28,10 +27,15 @@ def train_on_worker_rank(params: Params) -> dict[str, Any]:
     return sft.train_sft(params.sft, sft_file(params), params.seed)
 
 
+def _resume_step(checkpoint_dir: Path) -> int:
+    found = sft.last_checkpoint(checkpoint_dir)
+    return int(Path(found).name.split("-")[-1]) if found else 0
+
+
 @task(name="train-sft", **TASK_DEFAULTS)
 def train(params: Params, log_file: Path) -> dict[str, Any]:
     cfg = params.sft
-    history: list[dict[str, float]] = []
+    history = StepLog(Path(cfg.checkpoint_dir) / "loss_history.jsonl", _resume_step(Path(cfg.checkpoint_dir)))
 
     def on_log(step: int, logs: dict[str, float]) -> None:
         metrics = {k: v for k, v in logs.items() if k in ("loss", "learning_rate", "grad_norm")}
@@ -40,7 +44,6 @@ def train(params: Params, log_file: Path) -> dict[str, Any]:
             history.append({"step": step, **metrics})
 
     summary = sft.train_sft(cfg, sft_file(params), params.seed, on_log=on_log)
-    with atomic_path(log_file) as tmp:
-        tmp.write_text("".join(json.dumps(row) + "\n" for row in history))
+    history.publish(log_file)
     get_run_logger().info("SFT done: %s", summary)
     return summary

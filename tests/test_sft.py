@@ -230,8 +230,8 @@ def test_sft_resumes_after_sigkill(tiny_dataset: Path, tiny_model_dir: Path, tmp
         return {row["step"]: row["loss"] for row in rows if "loss" in row}
 
     clean_losses, resumed_losses = final_losses("clean"), final_losses("killed")
-    assert max(resumed_losses) == 16
-    for step in (s for s in resumed_losses if s > 6):
+    assert sorted(resumed_losses) == list(range(1, 17))  # one log, as if never interrupted
+    for step in resumed_losses:
         assert resumed_losses[step] == pytest.approx(clean_losses[step], rel=1e-4), step
     from evisrag_core.modeling import load_model_and_processor
 
