@@ -101,8 +101,8 @@ class SFTCollator:
             raise ValueError(f"{example.id}: the chat template renders the prompt differently inside the conversation")
         images, _ = process_vision_info(messages[:1])
         encoded = self.processor(text=[full], images=images or None, return_tensors="pt")
-        prompt_len = self.processor(text=[prompt], images=images or None, return_tensors="pt")["input_ids"].shape[1]
         input_ids = encoded["input_ids"][0]
+        prompt_len = self._prompt_length(prompt, encoded, input_ids, example.id)
         labels = torch.full_like(input_ids, IGNORE_INDEX)
         labels[prompt_len:] = input_ids[prompt_len:]
         # Train on the answer and its <|im_end|>; the template's trailing newline after <|im_end|> is not a target.
@@ -115,6 +115,19 @@ class SFTCollator:
                 "the images (sft.image_max_pixels)"
             )
         return {"input_ids": input_ids, "labels": labels, **{k: v for k, v in encoded.items() if k != "input_ids"}}
+
+    def _prompt_length(self, prompt: str, encoded: Any, input_ids: torch.Tensor, example_id: str) -> int:
+        """Tokens of the prompt inside the full encoding, without processing the images a second time: the prompt
+        text's tokens, plus the extra `<|image_pad|>` tokens each image expands to (one per merged patch)."""
+        text_ids = self.processor.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        expansion = 0
+        if "image_grid_thw" in encoded:
+            merge = self.processor.image_processor.merge_size
+            expansion = int((encoded["image_grid_thw"].prod(dim=-1) // merge**2 - 1).sum())
+        length = len(text_ids) + expansion
+        if length > len(input_ids) or int(input_ids[length - 1]) != text_ids[-1]:
+            raise ValueError(f"{example_id}: the prompt does not tokenize as a prefix of the conversation")
+        return length
 
     def __call__(self, examples: Sequence[Conversation]) -> dict[str, torch.Tensor]:
         items = [self._encode(e) for e in examples]
