@@ -263,7 +263,7 @@ def policy_update(run: Run, batch: Batch) -> dict[str, float]:
                 ref_log_probs, _ = response_log_probs(run.reference, inputs, response_ids, cfg.temperature)
             kl = (low_var_kl(log_probs, ref_log_probs) * mask).sum() / response_tokens  # token mean over the batch
             loss = loss + cfg.kl_coef * kl
-            totals["kl"] += float(kl)
+            totals["kl"] += float(kl.detach())
         loss.backward()
         weight = len(rows) / len(batch.response_ids)
         totals["loss"] += float(loss.detach())
@@ -417,8 +417,7 @@ def build_run(cfg: RSGRPOParams, rl_file: Path, seed: int, trust_remote_code: bo
     dtype = torch.bfloat16 if use_bf16(cfg.bf16) else torch.float32
     device = "cuda" if torch.cuda.is_available() else "cpu"
     load = functools.partial(load_model_and_processor, trust_remote_code=trust_remote_code, dtype=dtype, device=device)
-    policy, _ = load(checkpoint / "model" if checkpoint else cfg.model_dir)
-    _, processor = load(cfg.model_dir)
+    policy, processor = load(checkpoint / "model" if checkpoint else cfg.model_dir)  # checkpoints hold the processor
     if cfg.freeze_vision_tower:
         log.info("vision tower frozen (%d parameters)", freeze_vision_tower(policy))
     if cfg.gradient_checkpointing:

@@ -201,6 +201,65 @@ def test_a_batch_without_advantage_signal_is_skipped(tiny_model_dir: Path, rl_fi
     assert all(torch.equal(p, b) for p, b in zip(run.policy.parameters(), before, strict=True))
 
 
+def distinct_reward(response: str, ground_truth: str, response_length: int, **limits: int) -> dict[str, float]:
+    """A stub table whose every component differs between any two texts: all components active in any rows."""
+    components = {name: zlib.crc32(f"{name}{response}".encode()) % 1000 / 1000 for name in REWARD_COMPONENTS}
+    return {"overall": sum(components.values()), **components}
+
+
+def test_micro_batches_add_up_to_the_whole_batch_gradient(
+    tiny_model_dir: Path, rl_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """With every component active in every micro-batch, the reference's per-micro-batch rescaling gives the
+    gradient of the whole-batch loss: one SGD step (lr 1, no clipping) lands on the same weights."""
+    from evisrag_core import rsgrpo_loop
+
+    monkeypatch.setattr(rsgrpo_loop, "score", distinct_reward)
+    weights = {}
+    batch = None
+    for size in (0, 4, 1):
+        cfg = config(tmp_path / str(size), tiny_model_dir, micro_batch_size=size, max_grad_norm=1e9)
+        run = rsgrpo_loop.build_run(cfg, rl_file, seed=0)
+        run.optimizer = torch.optim.SGD([p for p in run.policy.parameters() if p.requires_grad], lr=1.0)
+        if batch is None:
+            groups, rewards, _ = rsgrpo_loop.collect_groups(run)
+            batch = rsgrpo_loop.spans_and_advantages(groups, rewards, "rsgrpo", run.tag_ids, run.pad_id)
+        metrics = rsgrpo_loop.policy_update(run, batch)
+        assert metrics["actor/n_active_components"] == len(REWARD_COMPONENTS)
+        weights[size] = {name: p.detach().clone() for name, p in run.policy.named_parameters()}
+    base = dict(rsgrpo_loop.build_run(config(tmp_path / "base", tiny_model_dir), rl_file, 0).policy.named_parameters())
+    for size in (4, 1):
+        for name, value in weights[0].items():
+            assert torch.allclose(weights[size][name], value, atol=1e-6, rtol=1e-4), (size, name)
+    assert any(not torch.equal(weights[0][name], base[name]) for name in base)
+
+
+def test_kl_to_the_start_model_is_zero_until_the_policy_moves(
+    tiny_model_dir: Path, rl_file: Path, tmp_path: Path, stub_rewards
+):
+    from evisrag_core.rsgrpo_loop import build_run, train_step
+
+    run = build_run(config(tmp_path, tiny_model_dir, kl_coef=0.01), rl_file, seed=0)
+    assert run.reference is not None and not any(p.requires_grad for p in run.reference.parameters())
+    first, _ = train_step(run)
+    second, _ = train_step(run)
+    assert first["actor/kl"] == 0.0  # π_θ = π_ref before the first update: k3 = 0 exactly
+    assert second["actor/kl"] > 0.0
+    without = build_run(config(tmp_path / "off", tiny_model_dir), rl_file, seed=0)
+    assert without.reference is None and "actor/kl" not in train_step(without)[0]
+
+
+def test_vllm_rollouts_without_vllm_fail_with_a_clear_message(tiny_model_dir: Path, rl_file: Path, tmp_path: Path):
+    import importlib.util
+
+    from evisrag_core.rsgrpo_loop import build_run
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here")
+    with pytest.raises(RuntimeError, match="rollout_backend is 'vllm' but vLLM is not installed"):
+        build_run(config(tmp_path, tiny_model_dir, rollout_backend="vllm"), rl_file, seed=0)
+
+
 def _tagged_group(processor, rl_file: Path):
     """A group of two real tagged responses (ids from the tokenizer, end-of-turn appended) to one prompt."""
     from evisrag_core.rollout import Group, PromptEncoder, load_rl_prompts
@@ -334,6 +393,7 @@ def test_resume_from_a_checkpoint_gives_the_uninterrupted_weights_bit_for_bit(
 _DRIVER = """
 import json, sys, zlib
 from pathlib import Path
+import torch
 from evisrag_core import rsgrpo_loop
 from evisrag_core.config import RSGRPOParams
 from evisrag_core.rewards import REWARD_COMPONENTS
@@ -344,6 +404,7 @@ def table(response, ground_truth, response_length, **limits):
     return {"overall": sum(components.values()), **components}
 
 rsgrpo_loop.score = table
+torch.set_num_threads(1)
 cfg = RSGRPOParams(**json.loads(sys.argv[1]))
 print(json.dumps(rsgrpo_loop.train_rsgrpo(cfg, Path(sys.argv[2]), seed=0)))
 """
