@@ -2,7 +2,7 @@
 from (and only from) the image they point at.
 
 The images are read back, not trusted: each one holds exactly two flat colours (no anti-aliasing), the background
-covers at least 64 % of the pixels (the square's side is at most 3/5 of the image), and any two named colours differ
+covers at least 57 % of the pixels (the square's side is at most 13/20 of the image), and any two named colours differ
 by more than twice the ±18 shade jitter in at least one channel, so the nearest named colour of the majority and
 minority pixel values gives back the image's Panel.
 """

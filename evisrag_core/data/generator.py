@@ -122,7 +122,8 @@ def _jitter(rgb: tuple[int, int, int], rng: random.Random, amount: int = 18) -> 
 def render_panel(panel: Panel, size: int, rng: random.Random) -> Image.Image:
     """A flat background with one large square, shade, size and position jittered."""
     image = Image.new("RGB", (size, size), _jitter(COLOURS[panel.background], rng))
-    side = rng.randint(size * 2 // 5, size * 3 // 5)
+    # Half to two-thirds of the side: the square fills whole merged patches (28 px) yet stays the minority colour.
+    side = rng.randint(size // 2, size * 13 // 20)
     left, top = rng.randint(0, size - side), rng.randint(0, size - side)
     ImageDraw.Draw(image).rectangle(
         [left, top, left + side - 1, top + side - 1], fill=_jitter(COLOURS[panel.square], rng)
