@@ -217,7 +217,7 @@ class RSGRPOParams(_Section):
     log_file: str = "plots/rsgrpo.jsonl"
     report_dir: str = "reports/rsgrpo"
     mode: Literal["rsgrpo", "grpo"] = "rsgrpo"
-    steps: int = Field(20, ge=1)  # optimizer steps; ignored when `epochs` is set
+    steps: int = Field(30, ge=1)  # optimizer steps; ignored when `epochs` is set
     epochs: float | None = Field(None, gt=0.0)  # steps = ceil(epochs · train prompts / rollout_batch_size)
     rollout_batch_size: int = Field(4, ge=1)  # prompt groups per step (after filtering)
     n: int = Field(8, ge=2)  # rollouts per prompt; the group std needs at least 2

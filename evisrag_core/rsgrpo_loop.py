@@ -10,8 +10,8 @@ One step, for a rollout batch of prompts x_g with tagged ground truths G_g (g = 
     4. spans       span[i, j, t] = 1 on the tokens of y_i that component j judges  (spans.component_span_masks)
     5. advantages  A[i, j] = (R[i, j] − mean_g R[·, j]) / (std_g R[·, j] + 1e-6)   (rsgrpo.group_advantages)
     6. loss        ρ_t = π_θ(y_t) / π_old(y_t); per component the PPO-clip token mean over span_j
-                   (ρ clipped to [1 − ε_low, 1 + ε_high], dual clip c when A < 0), averaged over the components
-                   with a non-zero loss                                            (rsgrpo.policy_loss)
+                   (ρ clipped to [1 − ε_low, 1 + ε_high], dual clip c when A < 0), averaged over the active
+                   components (non-zero advantage on their span; see Micro-batches) (rsgrpo.policy_loss)
                    + β · token mean of k3(π_θ ‖ π_ref) when kl_coef β > 0          (rsgrpo.low_var_kl)
     7. update      one AdamW step on ∇L, ‖∇L‖ clipped to max_grad_norm; vision tower frozen
 
@@ -56,6 +56,7 @@ import numpy as np
 import torch
 
 from evisrag_core.config import RSGRPOParams
+from evisrag_core.data.hub import RL_VAL_FILE
 from evisrag_core.io import atomic_dir, write_json_atomic
 from evisrag_core.metrics import score_prediction
 from evisrag_core.rewards import REWARD_COMPONENTS, score
@@ -77,7 +78,6 @@ from evisrag_core.spans import component_span_masks, tag_token_ids, whole_respon
 
 log = logging.getLogger(__name__)
 
-RL_VAL_FILE = "rl_val.jsonl"  # RL validation prompts, when the data source has them (evisrag_core.data.hub)
 REWARD_KEYS = ("overall", *REWARD_COMPONENTS)  # the columns of a rewards tensor
 _CHECKPOINT = re.compile(r"^step-(\d+)$")
 OnStep = Callable[[int, dict[str, float]], None]
@@ -154,7 +154,7 @@ def collect_groups(run: Run) -> tuple[list[Group], torch.Tensor, dict[str, float
         if rounds == cfg.max_filter_tries:
             raise FilterExhaustedError(
                 f"step {run.step + 1}: online filtering kept {len(kept)} of {cfg.rollout_batch_size} groups after "
-                f"{rounds} rounds: every other group's mean overall reward was ≤ {cfg.filter_low} or ≥ "
+                f"{rounds} rounds; the mean overall reward of every other group was ≤ {cfg.filter_low} or ≥ "
                 f"{cfg.filter_high}. The policy fails (or solves) almost every prompt; check the start model "
                 "(rsgrpo.model_dir), or widen rsgrpo.filter_low/filter_high, or set rsgrpo.online_filtering: false."
             )
