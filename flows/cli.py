@@ -26,7 +26,12 @@ def _stage_command(name: str):
     def run(args: argparse.Namespace) -> int:
         from flows import stages
 
-        flow = {"download": stages.download_flow, "model": stages.model_flow, "sft": stages.sft_flow}[name]
+        flow = {
+            "download": stages.download_flow,
+            "model": stages.model_flow,
+            "sft": stages.sft_flow,
+            "rsgrpo": stages.rsgrpo_flow,
+        }[name]
         flow(params_path=str(args.params))
         return 0
 
@@ -183,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     sft = sub.add_parser("sft", help="supervised fine-tuning on the evidence conversations (resumes after a kill)")
     sft.add_argument("--dry-run", action="store_true", help="check the config, print the plan and launch command")
     sft.set_defaults(func=cmd_sft)
+
+    rsgrpo = sub.add_parser("rsgrpo", help="reward-scoped GRPO from the SFT model (resumes after a kill)")
+    rsgrpo.set_defaults(func=_stage_command("rsgrpo"))
 
     predict = sub.add_parser("predict", help="generate predictions for every test benchmark")
     predict.add_argument("--model", help="model folder or hub id (default: predict.model_dir)")

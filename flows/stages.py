@@ -19,6 +19,7 @@ from tasks.download import write_dataset
 from tasks.evaluate import evaluate_predictions
 from tasks.model import write_base_model
 from tasks.predict import WORK_DIR, make_backend, predict_benchmark
+from tasks.rsgrpo import train as train_rsgrpo
 from tasks.sft import train as train_sft
 
 
@@ -53,6 +54,18 @@ def sft_flow(params_path: str = "params.yaml") -> dict[str, Any]:
         summary = train_sft(params, Path(params.sft.log_file))
         mlflow.log_metrics({"sft.final_train_loss": summary["train_loss"], "sft.steps": summary["global_step"]})
         tracking.log_file(params.sft.log_file, "sft")
+    return summary
+
+
+@flow(name="rsgrpo", flow_run_name=_run_name("rsgrpo"))
+def rsgrpo_flow(params_path: str = "params.yaml") -> dict[str, Any]:
+    params = load_params(params_path)
+    with tracking.stage_run("rsgrpo", params, ["rsgrpo"]):
+        summary = train_rsgrpo(params)
+        tracking.log_file(params.rsgrpo.log_file, "rsgrpo")
+        report = Path(params.rsgrpo.report_dir)
+        if report.is_dir():
+            mlflow.log_artifacts(str(report), "rsgrpo_report")
     return summary
 
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-STAGES = ["download", "model", "sft", "predict", "evaluate"]
+STAGES = ["download", "model", "sft", "rsgrpo", "predict", "evaluate"]
 pytestmark = pytest.mark.slow
 
 
@@ -43,6 +43,17 @@ def _small_params(path: Path) -> None:
     params = yaml.safe_load(path.read_text())
     params["data"]["embedded"].update(n_sft=48, n_rl=8, n_test_per_split=8)
     params["sft"].update(max_steps=4, save_steps=2, logging_steps=1, warmup_steps=1)
+    params["rsgrpo"].update(
+        steps=2,
+        rollout_batch_size=1,
+        n=2,
+        max_new_tokens=16,
+        val_every=0,
+        val_size=2,
+        save_every=1,
+        report_every=1,
+        online_filtering=False,
+    )
     params["predict"].update(max_new_tokens=24, batch_size=8)
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
@@ -74,6 +85,8 @@ def test_pipeline_writes_metrics_for_every_benchmark(project):
         rows = [json.loads(line) for line in (root / "preds" / f"{bench}.jsonl").read_text().splitlines()]
         assert len(rows) == 8 and all({"qid", "imgs", "pred"} <= set(r) for r in rows)
     assert (root / "models" / "sft" / "model.safetensors").is_file()
+    assert (root / "models" / "rsgrpo" / "model.safetensors").is_file()
+    assert (root / "plots" / "rsgrpo.jsonl").read_text().count("\n") >= 2
 
 
 def test_second_repro_does_nothing(project):

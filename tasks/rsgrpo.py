@@ -1,0 +1,36 @@
+"""RS-GRPO stage task: train from the SFT model, stream every step's metrics to MLflow and a DVC plots file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from prefect import get_run_logger, task
+
+from evisrag_core import rsgrpo_loop
+from evisrag_core.config import Params
+from evisrag_core.data.schema import RL_FILE
+from evisrag_core.io import StepLog
+from tasks import TASK_DEFAULTS
+
+
+def _resume_step(checkpoint_dir: Path) -> int:
+    found = rsgrpo_loop.latest_checkpoint(checkpoint_dir)
+    return int(rsgrpo_loop.load_checkpoint_state(found)["step"]) if found else 0
+
+
+@task(name="train-rsgrpo", **TASK_DEFAULTS)
+def train(params: Params) -> dict[str, Any]:
+    cfg = params.rsgrpo
+    history = StepLog(Path(cfg.checkpoint_dir) / "metrics_history.jsonl", _resume_step(Path(cfg.checkpoint_dir)))
+
+    def on_step(step: int, metrics: dict[str, float]) -> None:
+        mlflow.log_metrics({f"rsgrpo.{k}": v for k, v in metrics.items()}, step=step)
+        history.append({"step": step, **metrics})
+
+    rl_file = Path(params.data.out_dir) / "train" / RL_FILE
+    summary = rsgrpo_loop.train_rsgrpo(cfg, rl_file, params.seed, on_step=on_step)
+    history.publish(cfg.log_file)
+    get_run_logger().info("RS-GRPO done: %s", summary)
+    return summary
