@@ -104,14 +104,18 @@ def evaluate_flow(
 ) -> dict[str, Any]:
     params = load_params(params_path)
     cfg = params.evaluate
+    # An ad-hoc --out keeps its per-question rows beside it instead of overwriting the pipeline's DVC output.
+    per_question = (
+        Path(metrics_file).with_suffix(".per_question.jsonl") if metrics_file else Path(cfg.per_question_file)
+    )
     with tracking.stage_run("evaluate", params, ["evaluate"]):
         metrics = evaluate_predictions(
             Path(data_dir or params.data.out_dir),
             Path(preds_dir or params.predict.out_dir),
             Path(metrics_file or cfg.metrics_file),
-            Path(cfg.per_question_file),
+            per_question,
         )
         mlflow.log_metrics({f"{bench}.{k}": v for bench, row in metrics.items() for k, v in row.items()})
         tracking.log_file(metrics_file or cfg.metrics_file)
-        tracking.log_file(cfg.per_question_file, "eval")
+        tracking.log_file(per_question, "eval")
     return metrics
