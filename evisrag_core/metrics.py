@@ -83,6 +83,21 @@ def _mean(values: list[float]) -> float:
     return math.fsum(values) / len(values) if values else 0.0
 
 
+# The keys `aggregate` returns, in the order reports show them (means first, then counts).
+METRIC_KEYS = (
+    "global_em",
+    "global_acc",
+    "global_f1",
+    "issuff_em",
+    "issuff_acc",
+    "issuff_f1",
+    "unsuff_em",
+    "cnt_global",
+    "cnt_issuff",
+    "cnt_unsuff",
+)
+
+
 def aggregate(rows: Iterable[tuple[QuestionScore, bool]]) -> dict[str, float | int]:
     """Means over all questions, over sufficient ones, EM over insufficient ones, and the counts (spec §3 step 5)."""
     pairs = list(rows)

@@ -147,26 +147,14 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     return 0
 
 
-METRIC_COLUMNS = [
-    "global_em",
-    "global_acc",
-    "global_f1",
-    "issuff_em",
-    "issuff_acc",
-    "issuff_f1",
-    "unsuff_em",
-    "cnt_global",
-    "cnt_issuff",
-    "cnt_unsuff",
-]
-
-
 def format_metrics(metrics: dict[str, Any]) -> str:
     """One row per benchmark (overall last), the metric keys as columns."""
     import pandas as pd
 
+    from evisrag_core.metrics import METRIC_KEYS
+
     table = pd.DataFrame.from_dict(metrics, orient="index")
-    order = [c for c in METRIC_COLUMNS if c in table.columns]
+    order = [c for c in METRIC_KEYS if c in table.columns]
     table = table[order + [c for c in table.columns if c not in order]]
     rows = sorted(table.index, key=lambda name: (name == "overall", name))
     table = table.loc[rows]
