@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 DEFAULT_PARAMS = Path("params.yaml")
+# What a stage does with a bad input record (evisrag_core.bad_records): raise a clear error, or skip and count it.
+OnBadRecord = Literal["error", "skip"]
 
 
 class _Section(BaseModel):
@@ -148,6 +151,7 @@ class SFTParams(_Section):
     deepspeed: str | None = None  # path to a DeepSpeed JSON config (configs/deepspeed/zero3.json for the paper)
     num_gpus: int = Field(1, ge=1)  # for the launch command and the global-batch check of the dry-run
     prompt_template: Literal["model_card", "repository"] = "model_card"
+    on_bad_record: OnBadRecord = "error"  # error | skip: leave bad sft.jsonl records out, counted (sft.skipped_records)
 
     @model_validator(mode="before")
     @classmethod
@@ -200,6 +204,10 @@ PAPER_RSGRPO: dict[str, object] = {
     "save_every": 10,
     "image_min_pixels": 262_144,
     "image_max_pixels": 1_568_000,
+    # 8 ranks under DeepSpeed ZeRO-2 (the reference uses FSDP): parameters stay whole on every rank for generate
+    "deepspeed": "configs/deepspeed/zero2.json",
+    "num_gpus": 8,
+    "rollout_seeding": "group",
 }
 
 
@@ -255,6 +263,15 @@ class RSGRPOParams(_Section):
     image_min_pixels: int = Field(3136, ge=784)
     image_max_pixels: int = Field(12544, ge=784)
     prompt_template: Literal["model_card", "repository"] = "model_card"
+    on_bad_record: OnBadRecord = "error"  # error | skip: leave bad rl.jsonl records out, counted (skipped_records)
+    # token_ids: tags found by their bare token ids, as the reference (a tag merged into a neighbouring token is
+    # missed and its span falls back to start/end); char_offsets: found in the decoded text (evisrag_core/spans.py)
+    span_locator: Literal["token_ids", "char_offsets"] = "token_ids"
+    # batch: one sampling stream per rollout batch; group: each prompt's n rollouts seeded by (seed, its draw index),
+    # so rollouts do not depend on how groups are batched or split over ranks (needed with `deepspeed`)
+    rollout_seeding: Literal["batch", "group"] = "batch"
+    deepspeed: str | None = None  # a DeepSpeed JSON (ZeRO-2); used under torchrun with WORLD_SIZE > 1
+    num_gpus: int = Field(1, ge=1)  # ranks of a launch: the launch command and the checks of `rsgrpo --dry-run`
 
     @model_validator(mode="before")
     @classmethod
@@ -271,6 +288,11 @@ class RSGRPOParams(_Section):
             raise ValueError("rsgrpo.filter_low must be below rsgrpo.filter_high (no group could be kept)")
         if self.buffer_length > self.max_length:
             raise ValueError("rsgrpo.buffer_length must not exceed rsgrpo.max_length")
+        if self.deepspeed and self.rollout_seeding != "group":
+            raise ValueError(
+                "rsgrpo.deepspeed needs rsgrpo.rollout_seeding: group (each rank samples its share of the groups; "
+                "per-group seeds make the rollouts independent of that split)"
+            )
         return self
 
 
@@ -288,6 +310,7 @@ class PredictParams(_Section):
     min_pixels: int = Field(3136, ge=784)
     max_pixels: int = Field(12544, ge=784)
     out_dir: str = "preds"
+    on_bad_record: OnBadRecord = "error"  # error | skip: leave bad test records/images out, counted per benchmark
 
     @model_validator(mode="after")
     def _pixels_ordered(self) -> PredictParams:
@@ -299,12 +322,47 @@ class PredictParams(_Section):
 class EvaluateParams(_Section):
     metrics_file: str = "metrics.json"
     per_question_file: str = "eval/per_question.jsonl"
+    # error | skip: bad test or prediction rows are left out and counted (cnt_skipped_records in metrics.json);
+    # a question without a prediction then scores 0 and is counted (cnt_missing_pred)
+    on_bad_record: OnBadRecord = "error"
 
 
 class TrackingParams(_Section):
     mlflow_tracking_uri: str = "sqlite:///mlflow.db"
     experiment_name: str = "evisrag"
     log_predictions_sample: int = Field(20, ge=0)
+    # Extra MLflow tags on every run (pipeline and stages), e.g. {study: ablations-1, ablation: sft} from
+    # `dvc exp run -S` so a set of experiments can be found together. No stage lists `tracking` as a DVC param, so
+    # changing the tags reruns nothing.
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class ServeParams(_Section):
+    """`evisrag serve`: the pipeline as a Prefect deployment `evisrag-pipeline/<deployment_name>`.
+
+    `cron: null` serves it on demand only (UI "Run", `prefect deployment run`); a cron string such as "0 2 * * *"
+    adds that schedule. Each run retries `dvc repro` up to `retries` times; DVC then reruns only the stages that did
+    not finish.
+    """
+
+    deployment_name: str = Field("evisrag", min_length=1)
+    cron: str | None = None
+    timezone: str = "UTC"
+    retries: int = Field(1, ge=0)
+    retry_delay_seconds: float = Field(30.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _schedule_well_formed(self) -> ServeParams:
+        # A cheap shape check here; Prefect validates the cron fields themselves when the deployment is built.
+        if self.cron is not None and len(self.cron.split()) != 5:
+            raise ValueError("serve.cron must have 5 fields like '0 2 * * *' (minute hour day month weekday)")
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"serve.timezone {self.timezone!r} is not an IANA time zone such as UTC or Europe/Paris"
+            ) from None
+        return self
 
 
 class Params(_Section):
@@ -316,6 +374,7 @@ class Params(_Section):
     predict: PredictParams = PredictParams()
     evaluate: EvaluateParams = EvaluateParams()
     tracking: TrackingParams = TrackingParams()
+    serve: ServeParams = ServeParams()
 
 
 class ParamsError(ValueError):

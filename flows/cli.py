@@ -2,9 +2,11 @@
 
 evisrag download | model | predict | evaluate     one stage (these are the commands dvc.yaml runs)
 evisrag pipeline [--force] [STAGE ...]            dvc repro under one Prefect flow run and MLflow parent run
+evisrag serve                                     the pipeline as a Prefect deployment (schedule from params.serve)
 evisrag evaluate --data DIR --preds FILE --out F  score any prediction file (also the reference's) directly
 evisrag answer --query Q --images A.png B.png     one question over images → the tagged answer
 evisrag metrics                                   print metrics.json as a table
+evisrag plan [--gpus N --gpu-type T] [--json]      7B memory/throughput estimate for the paper runs
 """
 
 from __future__ import annotations
@@ -138,6 +140,17 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from flows.serve import NoServerError, serve
+
+    try:
+        serve(load_params(args.params), str(args.params))
+    except NoServerError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_metrics(args: argparse.Namespace) -> int:
     params = load_params(args.params)
     path = Path(args.file or params.evaluate.metrics_file)
@@ -151,17 +164,19 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     """One row per benchmark (overall last), the metric keys as columns."""
     import pandas as pd
 
+    from evisrag_core.grounding import GROUNDING_KEYS
     from evisrag_core.metrics import METRIC_KEYS
 
     table = pd.DataFrame.from_dict(metrics, orient="index")
-    order = [c for c in METRIC_KEYS if c in table.columns]
+    order = [c for c in (*METRIC_KEYS, *GROUNDING_KEYS) if c in table.columns]
     table = table[order + [c for c in table.columns if c not in order]]
     rows = sorted(table.index, key=lambda name: (name == "overall", name))
     table = table.loc[rows]
     counts = [c for c in table.columns if c.startswith("cnt_")]
-    table[counts] = table[counts].astype(int)
-    with pd.option_context("display.float_format", "{:.4f}".format, "display.width", 200):
-        return table.to_string()
+    table[counts] = table[counts].fillna(0).astype(int)
+    # Grounding means a benchmark cannot have (no marked positive images) are absent: shown as n/a, not 0.
+    with pd.option_context("display.float_format", "{:.4f}".format, "display.width", 250):
+        return table.to_string(na_rep="n/a")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -204,6 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("targets", nargs="*", help="dvc stages to reproduce (default: all)")
     pipeline.add_argument("--force", action="store_true", help="rerun stages even when up to date")
     pipeline.set_defaults(func=cmd_pipeline)
+
+    serve = sub.add_parser("serve", help="serve the pipeline as a Prefect deployment (cron from params.serve)")
+    serve.set_defaults(func=cmd_serve)
+
+    from flows.plan import register_plan_command
+
+    register_plan_command(sub)
 
     metrics = sub.add_parser("metrics", help="print the metrics table")
     metrics.add_argument("--file", help="metrics file (default: evaluate.metrics_file)")

@@ -61,17 +61,26 @@ def _tag_stage_runs(parent_run_id: str, lock_file: Path) -> None:
 
 
 @flow(name="evisrag-pipeline", flow_run_name=lambda: f"pipeline-{datetime.now(UTC):%Y%m%d-%H%M%S}")
-def pipeline_flow(params_path: str = "params.yaml", targets: list[str] | None = None, force: bool = False) -> Any:
+def pipeline_flow(
+    params_path: str = "params.yaml",
+    targets: list[str] | None = None,
+    force: bool = False,
+    retries: int = 0,
+    retry_delay_seconds: float = 0.0,
+) -> Any:
+    """`retries`: how often a failed `dvc repro` is run again (the deployment of `evisrag serve` sets it from
+    params.serve); DVC skips the stages that finished, so a retry reruns the failed stage and those after it."""
     params = load_params(params_path)
     tracking.configure(params)
-    with mlflow.start_run(run_name="pipeline", tags={"evisrag.git_commit": tracking.git_commit() or "unknown"}) as run:
+    tags = {**params.tracking.tags, "evisrag.git_commit": tracking.git_commit() or "unknown"}
+    with mlflow.start_run(run_name="pipeline", tags=tags) as run:
         mlflow.log_params(tracking.flatten(params.model_dump(mode="json")))
         env = dict(os.environ)
         env[tracking.PARENT_RUN_ENV] = run.info.run_id
         api_url = _prefect_api_url()
         if api_url:
             env["PREFECT_API_URL"] = api_url
-        dvc_repro(targets or [], force, env)
+        dvc_repro.with_options(retries=retries, retry_delay_seconds=retry_delay_seconds)(targets or [], force, env)
         _tag_stage_runs(run.info.run_id, Path("dvc.lock"))
         metrics_file = Path(params.evaluate.metrics_file)
         if metrics_file.is_file():

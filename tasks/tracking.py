@@ -54,7 +54,7 @@ def stage_run(stage: str, params: Params, sections: list[str]) -> Iterator[mlflo
     """A (nested) MLflow run for one stage, with the params it reads and the git commit."""
     configure(params)
     parent = os.environ.get(PARENT_RUN_ENV) or None
-    tags = {STAGE_TAG: stage, "evisrag.git_commit": git_commit() or "unknown"}
+    tags = {**params.tracking.tags, STAGE_TAG: stage, "evisrag.git_commit": git_commit() or "unknown"}
     with mlflow.start_run(run_name=stage, parent_run_id=parent, tags=tags) as run:
         dumped = params.model_dump(mode="json")
         mlflow.log_params(flatten({s: dumped[s] for s in sections} | {"seed": dumped["seed"]}))
