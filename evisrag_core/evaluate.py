@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from evisrag_core.data.schema import TestRecord, list_benchmarks, load_test_split
+from evisrag_core.grounding import QuestionGrounding, aggregate_grounding, question_grounding
 from evisrag_core.io import BadRecordError, read_jsonl, write_json_atomic, write_jsonl_atomic
 from evisrag_core.metrics import QuestionScore, aggregate, score_prediction
 from evisrag_core.parsing import extract_answer
@@ -85,7 +86,12 @@ def _missing_error(missing: list[str | int], total: int, source: str) -> BadReco
 
 
 def _question_row(record: TestRecord, pred: str, score: QuestionScore) -> dict[str, Any]:
-    """Per-question output; `answer` holds the record's own golds even when insufficient golds were used."""
+    """Per-question output; `answer` holds the record's own golds even when insufficient golds were used.
+
+    The evidence-grounding fields (evisrag_core.grounding) follow the scores; `positives` is None when the test set
+    does not mark the images that hold the answer, and then the citation scores are None too.
+    """
+    grounding = question_grounding(pred, record.positives, record.is_sufficient)
     return {
         "qid": record.qid,
         "query": record.query,
@@ -96,13 +102,36 @@ def _question_row(record: TestRecord, pred: str, score: QuestionScore) -> dict[s
         "em": score.em,
         "acc": score.acc,
         "f1": score.f1,
+        "cited": list(grounding.cited),
+        "positives": None if grounding.positives is None else list(grounding.positives),
+        "insufficient_answer": grounding.insufficient_answer,
+        "evidence_precision": grounding.precision,
+        "evidence_recall": grounding.recall,
+        "evidence_f1": grounding.f1,
     }
 
 
+def _grounding_of(row: dict[str, Any]) -> QuestionGrounding:
+    positives = row["positives"]
+    return QuestionGrounding(
+        cited=tuple(row["cited"]),
+        positives=None if positives is None else tuple(positives),
+        is_sufficient=row["is_sufficient"],
+        insufficient_answer=row["insufficient_answer"],
+        precision=row["evidence_precision"],
+        recall=row["evidence_recall"],
+        f1=row["evidence_f1"],
+    )
+
+
 def _metrics_of(rows: list[dict[str, Any]], missing: int | None) -> dict[str, Any]:
-    """Aggregate per-question rows; `cnt_missing_pred` is added only when missing predictions were allowed."""
+    """Aggregate per-question rows: the spec §3 metrics, then the grounding metrics beside them.
+
+    `cnt_missing_pred` is added only when missing predictions were allowed.
+    """
     scores = [(QuestionScore(row["em"], row["acc"], row["f1"]), row["is_sufficient"]) for row in rows]
     metrics: dict[str, Any] = aggregate(scores)
+    metrics.update(aggregate_grounding(_grounding_of(row) for row in rows))
     if missing is not None:
         metrics["cnt_missing_pred"] = missing
     return metrics

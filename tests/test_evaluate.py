@@ -67,6 +67,12 @@ def test_evaluate_split_scores_and_rows(records: list[schema.TestRecord]) -> Non
         "em": 0.0,
         "acc": 1.0,
         "f1": pytest.approx(1 / 3, abs=1e-6),
+        "cited": [1],
+        "positives": None,  # the split does not mark positive images: no citation scores
+        "insufficient_answer": False,
+        "evidence_precision": None,
+        "evidence_recall": None,
+        "evidence_f1": None,
     }
 
 

@@ -10,7 +10,8 @@ What is known about the hub layout, and from where (checked 2026-11; the hub its
   snapshot as "top3_test.jsonl + images.parquet" and extracts the pages itself from `images.parquet` columns
   `path` (the path named in the jsonl, e.g. `imgs/15.png`) and `image` (`{"bytes": ..., "path": ...}`, the
   `datasets` Image encoding); other users read pages from `<set>/imgs/`. Records may carry more fields (seen:
-  `posImgs`, `labels`); they are kept verbatim.
+  `posImgs`, `labels`); they are kept verbatim. `posImgs` (positive pages, by corpus path) also gives the record's
+  `positives` (indices of its images with the same file name) for the evidence-grounding metric, when consistent.
 - Training data: the README says "available on Hugging Face under EVisRAG-Train"; a later README revision says
   "We upload a temporary EVisRAG-Train" at `hmhm1229/EVisRAG-Train` ([HUB_TRAIN_MIRROR]), so
   `openbmb/EVisRAG-Train` may not exist: pass `train_repo=` to use the mirror. The training scripts read, under
@@ -550,6 +551,29 @@ def _test_row(row: dict[str, Any], images: list[str], where: str) -> dict[str, A
     return parse_test_record(out, where).to_json()
 
 
+def _positives_from_pos_imgs(row: dict[str, Any], entries: Any) -> list[int] | None:
+    """1-based indices of the record's images named in its `posImgs`, matched by file name; None when unknown.
+
+    The reference records name positive pages by corpus path (`./VisRAG-Ret-Test-ChartQA/imgs/c1.png`) while
+    `image` holds `imgs/c1.png`, so only the file name is compared. The result is kept only when it agrees with
+    `is_sufficient` (some image matches iff the question is answerable); otherwise the positives stay unknown and
+    the evidence-grounding metric skips the question rather than score it against a guess.
+    """
+    pos_imgs = row.get("posImgs")
+    if isinstance(entries, str):
+        entries = [entries]
+    if not isinstance(pos_imgs, list) or not isinstance(entries, list):
+        return None
+    if not all(isinstance(p, str) for p in pos_imgs) or not all(isinstance(e, str) for e in entries):
+        return None
+    names = {PurePosixPath(p).name for p in pos_imgs}
+    positives = [i for i, entry in enumerate(entries, start=1) if PurePosixPath(entry).name in names]
+    sufficient = row.get("is_sufficient")
+    if sufficient not in (True, False, 0, 1) or bool(positives) != bool(sufficient):
+        return None
+    return positives
+
+
 def convert_test_set(snapshot_dir: Path, out_dir: Path) -> int:
     """Write `<out_dir>/top3_test.jsonl` and `<out_dir>/images/` from one test-set snapshot; returns the row count."""
     snapshot_dir, out_dir = Path(snapshot_dir), Path(out_dir)
@@ -558,8 +582,12 @@ def convert_test_set(snapshot_dir: Path, out_dir: Path) -> int:
     for path in _test_record_files(snapshot_dir):
         base = _base(path, snapshot_dir)
         for where, row in tqdm(_rows(path), desc=f"records {path.name}"):
-            images = resolver.resolve(row.get("image", row.get("images")), base, where)
+            entries = row.get("image", row.get("images"))
+            images = resolver.resolve(entries, base, where)
             text_fields = {k: v for k, v in row.items() if k not in ("image", "images")}  # drop embedded bytes
+            positives = _positives_from_pos_imgs(row, entries)
+            if positives is not None and "positives" not in row:
+                text_fields["positives"] = positives
             sources.append((text_fields, images, where))
     resolver.finish()
     rows = [_test_row(row, images, where) for row, images, where in sources]
