@@ -85,9 +85,15 @@ def policy_loss(
     log_probs (B, T) with gradient; old_log_probs (B, T); advantages (B, n); span_masks (B, n, T), padding excluded.
     The log ratio is clamped to [-20, 20] before exp, as in the reference.
 
-    Returns (L, stats). When every L_j is 0, L is a 0 that still carries the graph (zero gradient), where the
-    reference divides 0 by 0 and gets NaN (its optimizer then skips the step); `stats["n_active_components"]` is 0
-    so the caller can skip the step too. Stats, as token fractions over all (i, j, t) span positions:
+    Returns (L, stats). When every L_j is 0, the divisor is clamped to 1 and L = Σ_j L_j: a tensor whose value is 0
+    and which still carries the graph, where the reference divides 0 by 0 and gets NaN (its optimizer then skips
+    the step); `stats["n_active_components"]` is 0 so the caller can skip the step too. Its gradient Σ_j ∇L_j is
+    zero only when every advantage on every span is 0 (or every span is empty). A value of 0 does not imply that:
+    with ρ ≡ 1 (on-policy, old_log_probs = log_probs.detach()) L_j = −Σ A / N_j, which is exactly 0 when a group's
+    advantages cancel over equal-length spans, while ∇L_j = −Σ A ∇log π / N_j is not. Likewise a component whose
+    L_j is 0 by such cancellation still adds its gradient to L but is not counted in the divisor; the loop in
+    rsgrpo_loop.policy_update counts active components by their advantages instead. Stats, as token fractions over
+    all (i, j, t) span positions:
       clip_frac_high  A > 0 and ρ > 1 + ε_high     clip_frac_low  A < 0 and ρ < 1 - ε_low
       clip_frac_dual  A < 0 and max(ρ, ρ̄) > c     (the reference logs high + low as "pg_clipfrac_higher" and dual
                                                      as "pg_clipfrac_lower")

@@ -8,7 +8,14 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, train
 from transformers import PreTrainedTokenizerFast
 
 from evisrag_core.rewards import REWARD_COMPONENTS
-from evisrag_core.spans import component_span_masks, find_subsequence, tag_token_ids, whole_response_masks
+from evisrag_core.spans import (
+    char_offset_span_masks,
+    component_span_masks,
+    find_subsequence,
+    span_locator,
+    tag_token_ids,
+    whole_response_masks,
+)
 
 EOS, PAD = "<|im_end|>", "<|endoftext|>"
 QWEN2_SPLIT = (
@@ -326,3 +333,75 @@ def test_whole_response_masks() -> None:
     whole = whole_response_masks(mask)
     assert whole.shape == (2, 1, 3) and whole.dtype == torch.bool
     assert whole[:, 0].tolist() == [[True, True, False], [True, False, False]]
+
+
+# --- rsgrpo.span_locator: char_offsets ------------------------------------------------------------------------------
+
+
+def owner_span(spans: torch.Tensor, tag: str) -> torch.Tensor:
+    """The span a tag starts (<think> → accuracy) or ends (<evidence> → is_observe), for row 0."""
+    owner = {"<think>": "accuracy", "<evidence>": "is_observe"}[tag]
+    return spans[0, REWARD_COMPONENTS.index(owner)]
+
+
+@pytest.mark.parametrize(("text", "tag", "in_gpt2", "in_qwen2"), GLUED_CASES)
+def test_char_offsets_find_a_tag_the_token_id_search_misses(
+    tokenizer: PreTrainedTokenizerFast,
+    request: pytest.FixtureRequest,
+    text: str,
+    tag: str,
+    in_gpt2: bool,
+    in_qwen2: bool,
+) -> None:
+    found_by_ids = {"gpt2": in_gpt2, "qwen2": in_qwen2}[request.node.callspec.params["tokenizer"]]
+    ids, mask = encode_batch(tokenizer, [text])
+    by_ids = component_span_masks(ids, mask, tag_token_ids(tokenizer))
+    by_chars = char_offset_span_masks(ids, mask, tokenizer)
+    whole = mask[0].bool()
+    assert owner_span(by_ids, tag).equal(whole) != found_by_ids  # token_ids: the whole-response fallback when missed
+    span = owner_span(by_chars, tag)
+    assert not span.equal(whole)  # char_offsets: always found
+    # The boundary token is the one holding the tag's "<" (it may carry a neighbouring character, e.g. " <" or "><").
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    boundary = next(t for t, (start, end) in enumerate(offsets) if start <= text.index(tag) < end)
+    positions = span.nonzero().flatten().tolist()
+    if tag == "<think>":  # accuracy: from the boundary token to the end
+        assert positions == list(range(boundary, int(mask[0].sum())))
+        assert tokenizer.decode(ids[0][span]).endswith(text[text.index(tag) :] + EOS)
+    else:  # is_observe: from the start up to the boundary token
+        assert positions == list(range(boundary))
+    if found_by_ids:  # where both find the tag, both give the same spans
+        assert torch.equal(by_ids, by_chars)
+
+
+@pytest.mark.parametrize("drop", [None, "<think>", "<evidence>", "<answer>"])
+def test_char_offsets_equal_token_ids_where_every_tag_is_its_own_token(
+    tokenizer: PreTrainedTokenizerFast, drop: str | None
+) -> None:
+    texts = [text.replace(drop, "") if drop else text for text in RESPONSES]
+    ids, mask = encode_batch(tokenizer, texts)
+    assert torch.equal(
+        char_offset_span_masks(ids, mask, tokenizer), component_span_masks(ids, mask, tag_token_ids(tokenizer))
+    )
+
+
+def test_char_offsets_on_ids_that_are_not_the_canonical_encoding(tokenizer: PreTrainedTokenizerFast) -> None:
+    """Sampled ids need not be how the tokenizer would encode their text: the prefix-decode path maps them."""
+    pieces = ["ok\n", "<think>", *" Image"]  # one character at a time: " Image" is fewer tokens encoded whole
+    row = [i for piece in pieces for i in tokenizer.encode(piece, add_special_tokens=False)] + [tokenizer.eos_token_id]
+    assert row[:-1] != tokenizer.encode("".join(pieces), add_special_tokens=False)  # split word
+    ids, mask = torch.tensor([row]), torch.ones((1, len(row)), dtype=torch.long)
+    by_chars = char_offset_span_masks(ids, mask, tokenizer)
+    assert torch.equal(by_chars, component_span_masks(ids, mask, tag_token_ids(tokenizer)))  # bare ids present here
+    think = len(tokenizer.encode(pieces[0], add_special_tokens=False))
+    assert by_chars[0, REWARD_COMPONENTS.index("accuracy")].nonzero().flatten().tolist() == list(range(think, len(row)))
+
+
+def test_span_locator_by_name(tokenizer: PreTrainedTokenizerFast) -> None:
+    ids, mask = encode_batch(tokenizer, ["x</evidence><think> y"])
+    assert torch.equal(
+        span_locator("token_ids", tokenizer)(ids, mask), component_span_masks(ids, mask, tag_token_ids(tokenizer))
+    )
+    assert torch.equal(span_locator("char_offsets", tokenizer)(ids, mask), char_offset_span_masks(ids, mask, tokenizer))
+    with pytest.raises(ValueError, match="unknown span locator"):
+        span_locator("regex", tokenizer)
