@@ -327,6 +327,13 @@ class EvaluateParams(_Section):
     on_bad_record: OnBadRecord = "error"
 
 
+class ReportParams(_Section):
+    """The run report (evisrag_core.report): one HTML page with metrics, training curves and example predictions."""
+
+    out_dir: str = "reports/run"
+    examples: int = Field(3, ge=0, le=50)  # good and as many bad predictions shown, with their images
+
+
 class TrackingParams(_Section):
     mlflow_tracking_uri: str = "sqlite:///mlflow.db"
     experiment_name: str = "evisrag"
@@ -373,6 +380,7 @@ class Params(_Section):
     rsgrpo: RSGRPOParams = RSGRPOParams()
     predict: PredictParams = PredictParams()
     evaluate: EvaluateParams = EvaluateParams()
+    report: ReportParams = ReportParams()
     tracking: TrackingParams = TrackingParams()
     serve: ServeParams = ServeParams()
 

@@ -6,6 +6,7 @@ evisrag serve                                     the pipeline as a Prefect depl
 evisrag evaluate --data DIR --preds FILE --out F  score any prediction file (also the reference's) directly
 evisrag answer --query Q --images A.png B.png     one question over images → the tagged answer
 evisrag metrics                                   print metrics.json as a table
+evisrag report                                    the run report: reports/run/index.html
 evisrag plan [--gpus N --gpu-type T] [--json]      7B memory/throughput estimate for the paper runs
 """
 
@@ -33,6 +34,7 @@ def _stage_command(name: str):
             "model": stages.model_flow,
             "sft": stages.sft_flow,
             "rsgrpo": stages.rsgrpo_flow,
+            "report": stages.report_flow,
         }[name]
         flow(params_path=str(args.params))
         return 0
@@ -214,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     answer.add_argument("--model", help="model folder or hub id (default: predict.model_dir)")
     answer.add_argument("--max-new-tokens", type=int)
     answer.set_defaults(func=cmd_answer)
+
+    report = sub.add_parser("report", help="write the run report (metrics, training curves, example predictions)")
+    report.set_defaults(func=_stage_command("report"))
 
     pipeline = sub.add_parser("pipeline", help="run `dvc repro` as one Prefect flow with an MLflow parent run")
     pipeline.add_argument("targets", nargs="*", help="dvc stages to reproduce (default: all)")

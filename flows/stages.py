@@ -19,6 +19,7 @@ from tasks.download import write_dataset
 from tasks.evaluate import evaluate_predictions
 from tasks.model import write_base_model
 from tasks.predict import WORK_DIR, make_backend, predict_benchmark
+from tasks.report import write_report
 from tasks.rsgrpo import train as train_rsgrpo
 from tasks.sft import train as train_sft
 
@@ -119,3 +120,12 @@ def evaluate_flow(
         tracking.log_file(metrics_file or cfg.metrics_file)
         tracking.log_file(per_question, "eval")
     return metrics
+
+
+@flow(name="report", flow_run_name=_run_name("report"))
+def report_flow(params_path: str = "params.yaml") -> str:
+    params = load_params(params_path)
+    with tracking.stage_run("report", params, ["report"]):
+        index = write_report(params)
+        mlflow.log_artifacts(str(index.parent), "report")
+    return str(index)
