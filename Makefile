@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test test-fast lint venv clean-run
+.PHONY: run test test-fast lint venv clean-run bench bench-quick
 
 venv: $(STAMP)
 
@@ -35,3 +35,13 @@ test-fast: venv
 
 lint: venv
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+## make bench: every benchmark of bench/run_all.py (installs TRL from bench/requirements.txt); writes
+## bench/results/latest.json and latest.md. `make bench-quick` is the smoke test (bench/results/quick/).
+bench: venv
+	$(BIN)/pip install --quiet --disable-pip-version-check -r bench/requirements.txt -c constraints.txt
+	$(BIN)/python bench/run_all.py
+
+bench-quick: venv
+	$(BIN)/pip install --quiet --disable-pip-version-check -r bench/requirements.txt -c constraints.txt
+	$(BIN)/python bench/run_all.py --quick

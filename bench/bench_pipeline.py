@@ -1,0 +1,153 @@
+"""Pipeline overhead: full `dvc repro` wall time and peak RSS, a no-op `dvc repro`, Prefect + MLflow cost per stage.
+
+    .venv/bin/python bench/bench_pipeline.py [--quick] [--out FILE]
+
+In a fresh git repository holding the working tree as git sees it (tracked + new files, ignored ones left out, as
+the end-to-end test builds it), with params.yaml's default sizes (`--quick`: the end-to-end test's reduced sizes):
+
+full      `dvc repro` from nothing: wall seconds, and the peak RSS of the largest process in the tree (the kernel's
+          ru_maxrss over dvc and every stage process it waited for, read with os.wait4).
+noop      `dvc repro` again, nothing to do: median wall seconds of `--repeats` runs.
+overhead  the evaluate stage as DVC runs it (`evisrag evaluate`: a process, a Prefect flow run, an MLflow run)
+          minus the same library call without Prefect or MLflow (a process importing evisrag_core and calling
+          `evaluate_dir` + `write_evaluation`), median of `--repeats` alternating runs. Prefect runs ephemerally
+          here (no PREFECT_API_URL), as under a plain `dvc repro`; `evisrag pipeline` shares one server instead.
+
+The stage processes run the editable install's code (the repository's working tree), with the copy's params and
+dvc.yaml, exactly as the end-to-end test does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from bench_sft import machine
+
+from evisrag_core.io import write_json_atomic
+
+log = logging.getLogger("bench_pipeline")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+LIBRARY_EVALUATE = (
+    "from pathlib import Path\n"
+    "from evisrag_core.config import load_params\n"
+    "from evisrag_core.evaluate import evaluate_dir, write_evaluation\n"
+    "p = load_params('params.yaml')\n"
+    "m, rows = evaluate_dir(Path(p.data.out_dir), Path(p.predict.out_dir))\n"
+    "write_evaluation(m, rows, Path('bench_metrics.json'), Path('bench_per_question.jsonl'))\n"
+)
+
+
+def copy_checkout(dest: Path) -> None:
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO_ROOT, capture_output=True, check=True
+    ).stdout.split(b"\0")
+    for name in filter(None, (n.decode() for n in listed)):
+        source = REPO_ROOT / name
+        if source.is_file() and not name.startswith("bench/results/"):
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+
+
+def shrink_params(path: Path) -> None:
+    """The end-to-end test's reduced sizes: every stage runs, in a couple of minutes."""
+    params = yaml.safe_load(path.read_text())
+    params["data"]["embedded"].update(n_sft=48, n_rl=8, n_test_per_split=8)
+    params["sft"].update(max_steps=4, save_steps=2, logging_steps=1, warmup_steps=1)
+    params["rsgrpo"].update(
+        steps=2, rollout_batch_size=1, n=2, max_new_tokens=16, val_every=0, val_size=2, online_filtering=False
+    )
+    params["predict"].update(max_new_tokens=24, batch_size=8)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float]:
+    """(wall seconds, peak RSS MiB of the largest process in the tree); raises with the output tail on failure."""
+    log_file = cwd.parent / "bench_cmd.log"
+    started = time.perf_counter()
+    with log_file.open("w") as out:
+        process = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-30:])
+        raise RuntimeError(f"{cmd} failed in {cwd}:\n{tail}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def make_project(root: Path, quick: bool) -> dict[str, str]:
+    copy_checkout(root)
+    if quick:
+        shrink_params(root / "params.yaml")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "EVISRAG_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    # Prefect's ephemeral server must start within 20 s by default; on a loaded 2-core machine it may not, and the
+    # stage fails. A longer limit changes nothing when it starts in time.
+    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"
+    git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
+    for cmd in (["git", "init", "-q"], [*git, "add", "-A"], [*git, "commit", "-qm", "bench"]):
+        subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True)
+    return env
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    dvc = str(Path(sys.executable).parent / "dvc")
+    result: dict[str, Any] = {"quick": args.quick, "repeats": args.repeats}
+    with tempfile.TemporaryDirectory(prefix="bench_pipeline_") as tmp:
+        root = Path(tmp) / "project"
+        env = make_project(root, args.quick)
+        log.info("full dvc repro in %s (%s sizes)", root, "reduced" if args.quick else "default")
+        wall, rss = timed([dvc, "repro"], root, env)
+        result["full"] = {
+            "wall_s": wall,
+            "peak_rss_mib": rss,
+            "params": "reduced (--quick)" if args.quick else "default",
+        }
+        noop = [timed([dvc, "repro"], root, env)[0] for _ in range(args.repeats)]
+        result["noop"] = {"median_s": statistics.median(noop), "runs_s": noop}
+        stage, library = [], []
+        for rep in range(args.repeats):
+            jobs = [("stage", [str(Path(sys.executable).parent / "evisrag"), "evaluate"])]
+            jobs.append(("library", [sys.executable, "-c", LIBRARY_EVALUATE]))
+            for name, cmd in jobs[:: 1 if rep % 2 == 0 else -1]:
+                (stage if name == "stage" else library).append(timed(cmd, root, env)[0])
+        result["overhead"] = {
+            "stage": "evaluate",
+            "stage_process_median_s": statistics.median(stage),
+            "library_process_median_s": statistics.median(library),
+            "overhead_s": statistics.median(stage) - statistics.median(library),
+            "prefect": "ephemeral (no PREFECT_API_URL)",
+        }
+    result["machine"] = machine()
+    result["command"] = " ".join(sys.argv)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="reduced sizes, 1 repeat")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results" / "pipeline.json")
+    args = parser.parse_args()
+    if args.quick:
+        args.repeats = 1
+    result = run(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(args.out, result)
+    print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=2))
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    main()
