@@ -59,7 +59,6 @@ import os
 import re
 import shutil
 import tempfile
-import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -70,7 +69,9 @@ from typing import Any
 from PIL import Image
 from tqdm import tqdm
 
+from evisrag_core.data import fetch
 from evisrag_core.data.schema import MANIFEST_FILE, RL_FILE, SFT_FILE, TEST_FILE, parse_test_record
+from evisrag_core.images import check_image
 from evisrag_core.io import BadRecordError, read_jsonl, write_json_atomic, write_jsonl_atomic
 
 logger = logging.getLogger(__name__)
@@ -174,36 +175,50 @@ def _download(repo_id: str, cache_dir: Path, revision: str | None) -> Path:
 def snapshot(
     repo_id: str, cache_dir: Path, revision: str | None = None, *, tries: int = 3, backoff_s: float = 2.0
 ) -> Path:
-    """Download (or reuse from `cache_dir`) a dataset snapshot; returns its folder.
+    """Download (or reuse from `cache_dir`) a dataset snapshot whose files all match their hub checksums.
 
     Connection failures and hub-side errors (5xx, 429) are retried with exponential backoff (`backoff_s`, then
-    twice that, ...) up to `tries` attempts in all; a missing repo or offline mode fails at once. Every failure to
-    get the data raises HubUnavailableError saying what to do instead.
+    twice that, ...) up to `tries` attempts in all; a missing repo or offline mode fails at once. An interrupted
+    download resumes where it stopped (huggingface_hub's `.incomplete` files). Files whose content does not match
+    their etag are deleted and fetched once more. Every failure to get the data raises HubUnavailableError saying
+    what to do instead.
     """
-    if tries < 1:
-        raise ValueError(f"tries must be >= 1, got {tries}")
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
         raise HubUnavailableError(
             f"cannot download {repo_id}: HF_HUB_OFFLINE is set, so the hub is disabled. {_without_hub_hint()}"
         )
-    attempt = 1
-    while True:
-        try:
-            return _download(repo_id, Path(cache_dir), revision)
-        except Exception as err:
-            failure = _hub_failure(err)
-            if failure is None:
-                raise
-            reason, retry = failure
-            if not retry or attempt >= tries:
-                raise HubUnavailableError(
-                    f"cannot download dataset {repo_id} from the Hugging Face hub after {attempt} attempt(s): "
-                    f"{reason} ({_describe(err)}). {_without_hub_hint()}"
-                ) from err
-            delay = backoff_s * 2 ** (attempt - 1)
-            attempt += 1
-            logger.warning("%s: %s; retrying in %.1f s (attempt %d of %d)", repo_id, reason, delay, attempt, tries)
-            time.sleep(delay)
+    path = _fetch_snapshot(repo_id, Path(cache_dir), revision, tries, backoff_s)
+    corrupt, checked = fetch.corrupt_files(path)
+    if corrupt:
+        logger.warning("%s: %d of %d files fail their checksum; fetching them again", repo_id, len(corrupt), checked)
+        fetch.drop_corrupt(corrupt)
+        path = _fetch_snapshot(repo_id, Path(cache_dir), revision, tries, backoff_s)
+        # Offline, the client returns the cached snapshot without the dropped files: those count as failures too.
+        still = [p for p in corrupt if not p.is_file()] + fetch.corrupt_files(path)[0]
+        if still:
+            raise fetch.ChecksumError(
+                f"{repo_id}: {', '.join(str(p.relative_to(path)) for p in still)} did not match the hub's checksum "
+                f"and could not be fetched again; delete {cache_dir} and run `evisrag download` on a connected machine"
+            )
+    logger.info("%s: %d files match their hub checksums", repo_id, checked)
+    return path
+
+
+def _fetch_snapshot(repo_id: str, cache_dir: Path, revision: str | None, tries: int, backoff_s: float) -> Path:
+    try:
+        return fetch.retry_with_backoff(
+            lambda: _download(repo_id, cache_dir, revision),
+            _hub_failure,
+            tries=tries,
+            backoff_s=backoff_s,
+            label=repo_id,
+        )
+    except fetch.FetchGaveUp as err:
+        cause = err.__cause__ or err
+        raise HubUnavailableError(
+            f"cannot download dataset {repo_id} from the Hugging Face hub after {err.attempts} attempt(s): "
+            f"{err.reason} ({_describe(cause)}). {_without_hub_hint()}"
+        ) from err
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -821,14 +836,13 @@ def _check_image(split_dir: Path, raw: Any, where: str) -> Path:
 
 
 def _decode(path: Path, raw: str, where: str) -> None:
-    """Pillow's structural check, then a full decode: `verify()` alone misses truncated pixel data."""
+    """Pillow's structural check, then the full decode and size guard every stage applies (evisrag_core.images)."""
     try:
         with Image.open(path) as image:
             image.verify()
-        with Image.open(path) as image:
-            image.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise BadRecordError(f"{where}: image {raw!r} does not decode ({err}); the file is damaged") from err
+    check_image(path, f"{where}: image {raw!r}")
 
 
 def _check_record(file_name: str, row: dict[str, Any], where: str) -> list[Any]:
