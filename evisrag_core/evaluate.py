@@ -17,9 +17,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from evisrag_core.bad_records import BadRecords, jsonl_rows
+from evisrag_core.config import OnBadRecord
 from evisrag_core.data.schema import TestRecord, list_benchmarks, load_test_split
 from evisrag_core.grounding import QuestionGrounding, aggregate_grounding, question_grounding
-from evisrag_core.io import BadRecordError, read_jsonl, write_json_atomic, write_jsonl_atomic
+from evisrag_core.io import BadRecordError, write_json_atomic, write_jsonl_atomic
 from evisrag_core.metrics import QuestionScore, aggregate, score_prediction
 from evisrag_core.parsing import extract_answer
 
@@ -41,37 +43,44 @@ def check_prediction(row: dict[str, Any], where: str) -> None:
         raise BadRecordError(f"{where}: field 'pred' must be the generated text (a string), got {pred!r}")
 
 
-def _nonblank_line_numbers(path: Path) -> list[int]:
-    """Line numbers of the rows `read_jsonl` returns (it skips blank lines), so errors point at the right line."""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return [number for number, line in enumerate(lines, start=1) if line.strip()]
-
-
-def read_predictions(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Read a prediction JSON-lines file, checking every row's `qid` and `pred` (errors name file:line)."""
-    source = Path(path)
-    rows = read_jsonl(source)
-    for line_no, row in zip(_nonblank_line_numbers(source), rows, strict=True):
-        check_prediction(row, f"{source}:{line_no}")
+def read_predictions(path: str | os.PathLike[str], bad: BadRecords | None = None) -> list[dict[str, Any]]:
+    """Read a prediction JSON-lines file, checking every row's `qid` and `pred` (errors name file:line); a bad row
+    is left out and counted in `bad` under the `skip` policy."""
+    bad = bad or BadRecords()
+    rows = []
+    for where, row in jsonl_rows(path, bad):
+        try:
+            check_prediction(row, where)
+        except BadRecordError as err:
+            bad.reject(err)
+            continue
+        rows.append(row)
     return rows
 
 
-def _index_predictions(preds: Sequence[dict[str, Any]], known: set[str], source: str) -> dict[str, str]:
-    """Map qid (as a string: files disagree on int vs str qids) to prediction text, rejecting unknown/duplicate qids."""
+def _index_predictions(
+    preds: Sequence[dict[str, Any]], known: set[str], source: str, bad: BadRecords
+) -> dict[str, str]:
+    """Map qid (as a string: files disagree on int vs str qids) to prediction text, rejecting unknown/duplicate qids
+    (under the `skip` policy they are left out and counted; the first prediction of a qid is kept)."""
     by_qid: dict[str, str] = {}
     for number, row in enumerate(preds, start=1):
-        check_prediction(row, f"{source}: prediction #{number}")
-        key = str(row["qid"])
-        if key not in known:
-            raise BadRecordError(
-                f"{source}: prediction #{number} has qid {row['qid']!r}, which is not in the test split; "
-                "check that the prediction file belongs to this benchmark"
-            )
-        if key in by_qid:
-            raise BadRecordError(
-                f"{source}: qid {row['qid']!r} is predicted more than once (again at prediction #{number}); "
-                "keep one prediction per question"
-            )
+        try:
+            check_prediction(row, f"{source}: prediction #{number}")
+            key = str(row["qid"])
+            if key not in known:
+                raise BadRecordError(
+                    f"{source}: prediction #{number} has qid {row['qid']!r}, which is not in the test split; "
+                    "check that the prediction file belongs to this benchmark"
+                )
+            if key in by_qid:
+                raise BadRecordError(
+                    f"{source}: qid {row['qid']!r} is predicted more than once (again at prediction #{number}); "
+                    "keep one prediction per question"
+                )
+        except BadRecordError as err:
+            bad.reject(err)
+            continue
         by_qid[key] = row["pred"]
     return by_qid
 
@@ -81,7 +90,8 @@ def _missing_error(missing: list[str | int], total: int, source: str) -> BadReco
     more = f" (and {len(missing) - MISSING_SHOWN} more)" if len(missing) > MISSING_SHOWN else ""
     return BadRecordError(
         f"{source}: {len(missing)} of {total} test questions have no prediction: {shown}{more}; "
-        "finish the prediction run, or pass allow_missing=True to score them as empty answers"
+        "finish the prediction run, or score them as empty answers (allow_missing=True, `--allow-missing`, "
+        "or evaluate.on_bad_record: skip)"
     )
 
 
@@ -124,16 +134,19 @@ def _grounding_of(row: dict[str, Any]) -> QuestionGrounding:
     )
 
 
-def _metrics_of(rows: list[dict[str, Any]], missing: int | None) -> dict[str, Any]:
+def _metrics_of(rows: list[dict[str, Any]], missing: int | None, skipped: int | None = None) -> dict[str, Any]:
     """Aggregate per-question rows: the spec §3 metrics, then the grounding metrics beside them.
 
-    `cnt_missing_pred` is added only when missing predictions were allowed.
+    `cnt_missing_pred` is added only when missing predictions were allowed, `cnt_skipped_records` (bad test or
+    prediction rows left out) only under `on_bad_record: skip`.
     """
     scores = [(QuestionScore(row["em"], row["acc"], row["f1"]), row["is_sufficient"]) for row in rows]
     metrics: dict[str, Any] = aggregate(scores)
     metrics.update(aggregate_grounding(_grounding_of(row) for row in rows))
     if missing is not None:
         metrics["cnt_missing_pred"] = missing
+    if skipped is not None:
+        metrics["cnt_skipped_records"] = skipped
     return metrics
 
 
@@ -143,20 +156,26 @@ def evaluate_split(
     *,
     allow_missing: bool = False,
     source: str = "predictions",
+    bad: BadRecords | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Score one benchmark: (aggregate metrics, per-question rows in test-split order).
 
-    `source` (e.g. the prediction file's path) is put in every error message.
+    `source` (e.g. the prediction file's path) is put in every error message. With `bad` under the `skip` policy,
+    unknown or repeated predictions are left out, questions without a prediction score 0 (as with
+    `allow_missing`), and the metrics carry `cnt_skipped_records` (all of `bad`'s skips, e.g. of the test file too).
     """
-    by_qid = _index_predictions(preds, {str(r.qid) for r in records}, source)
+    bad = bad or BadRecords()
+    skipping = bad.policy == "skip"
+    by_qid = _index_predictions(preds, {str(r.qid) for r in records}, source, bad)
     missing = [r.qid for r in records if str(r.qid) not in by_qid]
-    if missing and not allow_missing:
+    if missing and not (allow_missing or skipping):
         raise _missing_error(missing, len(records), source)
     rows = []
     for record in records:
         pred = by_qid.get(str(record.qid), "")
         rows.append(_question_row(record, pred, score_prediction(pred, record.answer, record.is_sufficient)))
-    return _metrics_of(rows, len(missing) if allow_missing else None), rows
+    counted_missing = len(missing) if (allow_missing or skipping) else None
+    return _metrics_of(rows, counted_missing, bad.count if skipping else None), rows
 
 
 def _benchmarks_to_score(data_dir: Path, preds_dir: Path, benchmarks: Sequence[str] | None) -> list[str]:
@@ -182,10 +201,12 @@ def evaluate_dir(
     benchmarks: Sequence[str] | None = None,
     *,
     allow_missing: bool = False,
+    on_bad_record: OnBadRecord = "error",
 ) -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]]]:
     """Score `<preds_dir>/<B>.jsonl` against `<data_dir>/test/<B>`; metrics per benchmark plus "overall".
 
     "overall" pools all questions of the scored benchmarks (a mean over questions, not over benchmarks).
+    `on_bad_record: skip` leaves bad test/prediction rows out and counts them (see `evaluate_split`).
     """
     data_root, preds_root = Path(data_dir), Path(preds_dir)
     metrics: dict[str, dict[str, Any]] = {}
@@ -195,13 +216,16 @@ def evaluate_dir(
         raise ValueError(f"a benchmark may not be called {OVERALL!r}: that key holds the pooled metrics; rename it")
     for name in names:
         pred_path = preds_root / f"{name}.jsonl"
-        records = load_test_split(data_root / "test" / name)
+        bad = BadRecords(on_bad_record)
+        records = load_test_split(data_root / "test" / name, bad)
         metrics[name], per_question[name] = evaluate_split(
-            records, read_predictions(pred_path), allow_missing=allow_missing, source=str(pred_path)
+            records, read_predictions(pred_path, bad), allow_missing=allow_missing, source=str(pred_path), bad=bad
         )
     all_rows = [row for rows in per_question.values() for row in rows]
-    missing = sum(m["cnt_missing_pred"] for m in metrics.values()) if allow_missing else None
-    metrics[OVERALL] = _metrics_of(all_rows, missing)
+    skipping = on_bad_record == "skip"
+    missing = sum(m["cnt_missing_pred"] for m in metrics.values()) if (allow_missing or skipping) else None
+    skipped = sum(m["cnt_skipped_records"] for m in metrics.values()) if skipping else None
+    metrics[OVERALL] = _metrics_of(all_rows, missing, skipped)
     return metrics, per_question
 
 

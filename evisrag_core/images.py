@@ -4,7 +4,7 @@
 `qwen_vl_utils.fetch_image` would hand the processor for a path, so routing images through it changes no pixel:
 
 1. the size in the file header is checked before any pixel is decoded: above `MAX_SOURCE_PIXELS` (Pillow's own
-   decompression-bomb error threshold) the file is refused, so a small file claiming a huge canvas costs nothing;
+   decompression-bomb limit) the file is refused, so a small file claiming a huge canvas costs nothing;
 2. the pixels are decoded in full (a truncated file fails here, with the file named, not deep inside a batch);
 3. any mode becomes RGB (grayscale, CMYK, palette); transparent pixels become white, as `fetch_image` does for RGBA;
 4. with pixel limits, the image is resized to `qwen_vl_utils.smart_resize`'s size (sides multiples of 28, area in
@@ -25,7 +25,9 @@ from PIL import Image
 
 from evisrag_core.io import BadRecordError
 
-MAX_SOURCE_PIXELS = 2 * 89_478_485  # Pillow raises DecompressionBombError above twice its warning limit
+# Pillow's decompression-bomb limit (it warns above it, and only raises above twice it); ~9,500 × 9,500 pixels,
+# far above any page the processor is given (at most a few million pixels after resizing).
+MAX_SOURCE_PIXELS = 89_478_485
 PATCH_FACTOR = 28  # Qwen2.5-VL: 14-pixel patches merged 2×2, so resized sides are multiples of 28
 MAX_ASPECT_RATIO = 200  # qwen_vl_utils.smart_resize refuses longer/shorter side ratios above this
 DEFAULT_MIN_PIXELS = 4 * PATCH_FACTOR**2  # qwen_vl_utils' budget for an image entry without limits
@@ -49,7 +51,12 @@ def _open(path: str | os.PathLike[str], where: str) -> Image.Image:
             image = Image.open(path)
     except FileNotFoundError as err:
         raise ImageError(f"{_prefix(where)}image {path} not found; re-run `evisrag download`") from err
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+    except Image.DecompressionBombError as err:
+        raise ImageError(
+            f"{_prefix(where)}{path} claims more than {MAX_SOURCE_PIXELS:,} pixels ({err}); refused by the "
+            "decompression-bomb guard; shrink the image before using it"
+        ) from err
+    except (OSError, SyntaxError, ValueError) as err:
         raise ImageError(
             f"{_prefix(where)}{path} is not a readable image ({err}); replace the file or drop the record"
         ) from err

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import glob
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -16,6 +19,29 @@ class BadRecordError(ValueError):
     """A record in an input file is malformed; the message names the file, the line and what to do."""
 
 
+class DiskFullError(OSError):
+    """A write failed for lack of space (or a file-size limit); the previous version of the output is intact."""
+
+
+_NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+log = logging.getLogger(__name__)
+
+
+def remove_stale_temporaries(target: Path) -> None:
+    """Delete the `.<name>.*.tmp` siblings a killed writer of `target` left behind.
+
+    SIGKILL skips the cleanup below, and a dataset-sized leftover would otherwise stay beside the output for good.
+    One writer per target is assumed (DVC runs one stage at a time), so these cannot belong to a live writer.
+    """
+    # tempfile's random part is 8 characters: `.data.*.tmp` would also match a live `.data.json.<8>.tmp`.
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.{'?' * 8}.tmp"):
+        log.warning("removing %s, left by an interrupted write of %s", stale, target)
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` in one rename.
@@ -25,6 +51,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(target)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
@@ -33,6 +60,14 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, target)
+    except OSError as err:
+        if err.errno not in _NO_SPACE:
+            raise
+        raise DiskFullError(
+            err.errno,
+            f"{target}: disk full while writing ({err.strerror}); the previous {target.name} is unchanged. "
+            "Free space (or raise the file-size limit) and rerun.",
+        ) from err
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -88,6 +123,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
@@ -115,10 +151,28 @@ class StepLog:
         write_jsonl_atomic(self.path, kept)
 
     def _rows(self) -> list[dict[str, Any]]:
-        try:
-            return read_jsonl(self.path)
-        except (FileNotFoundError, BadRecordError):
+        """The logged rows. A torn last line (a kill in the middle of an append) is dropped: its step comes after
+        the last checkpoint, so the resumed run logs it again. Damage anywhere else is an error."""
+        if not self.path.exists():
             return []
+        lines = self.path.read_bytes().splitlines()
+        rows: list[dict[str, Any]] = []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                if not isinstance(row, dict):
+                    raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+            except ValueError as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+                if number == len(lines):
+                    log.warning("%s: dropping a torn last line left by an interrupted run", self.path)
+                    break
+                raise BadRecordError(
+                    f"{self.path}:{number}: unreadable log row ({err}); delete the file to start the log over"
+                ) from err
+            rows.append(row)
+        return rows
 
     def append(self, row: dict[str, Any]) -> None:
         with self.path.open("a", encoding="utf-8") as handle:

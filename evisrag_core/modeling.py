@@ -192,6 +192,20 @@ def verify_model_dir(path: str | Path, trust_remote_code: bool = False) -> None:
     AutoProcessor.from_pretrained(str(path), trust_remote_code=trust_remote_code)
 
 
+def _require_all_weights(name: str, loading: dict[str, Any]) -> None:
+    """from_pretrained fills weights the checkpoint lacks with random values and only warns: a checkpoint of
+    another architecture (other parameter names) would load as an untrained model. Refuse that."""
+    missing = sorted(loading.get("missing_keys") or ())
+    if missing:
+        unexpected = sorted(loading.get("unexpected_keys") or ())
+        raise ModelLoadError(
+            f"{name}: the weights do not belong to this architecture: {len(missing)} parameters missing "
+            f"(e.g. {missing[0]!r}), {len(unexpected)} unexpected (e.g. {unexpected[:1]}). The folder's config says "
+            f"{SUPPORTED_ARCHITECTURES[0]} but the checkpoint is another model; point the model path at a matching "
+            "checkpoint."
+        )
+
+
 def load_model_and_processor(
     name_or_path: str | Path,
     *,
@@ -207,20 +221,36 @@ def load_model_and_processor(
     """
     name = str(name_or_path)
     if trust_remote_code:
-        warnings.warn(f"trust_remote_code is on: code shipped with {name} will run on this machine", stacklevel=2)
+        message = f"trust_remote_code is on: code shipped with {name} will run on this machine"
+        log.warning(message)
+        warnings.warn(message, stacklevel=2)
     try:
         _check_architecture(name, trust_remote_code, revision)
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            name, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code, revision=revision
+        model, loading = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            name,
+            dtype=dtype,
+            use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+            revision=revision,
+            output_loading_info=True,
         )
         processor = AutoProcessor.from_pretrained(
             name, trust_remote_code=trust_remote_code, revision=revision, padding_side=padding_side
         )
+    except ModelLoadError:
+        raise
+    except RuntimeError as err:
+        # from_pretrained raises RuntimeError when weight shapes do not fit the config (another model size).
+        raise ModelLoadError(
+            f"cannot load a model from {name!r}: the weight shapes do not match its config.json (a checkpoint of "
+            "another model size, or files of two models mixed); use the config.json saved with these weights"
+        ) from err
     except (OSError, ValueError) as err:
         raise ModelLoadError(
             f"cannot load a model from {name!r}: {err}. Use a local folder written by `evisrag download` or "
             "`save_pretrained`, or a hub id on a machine that can reach the hub."
         ) from err
+    _require_all_weights(name, loading)
     if device:
         model.to(device)
     model.eval()

@@ -17,8 +17,10 @@ from typing import Any, Protocol
 
 import torch
 
+from evisrag_core.bad_records import BadRecords
 from evisrag_core.config import PredictParams
 from evisrag_core.data.schema import TestRecord, resolve_image_path
+from evisrag_core.images import check_image, vision_inputs
 from evisrag_core.io import BadRecordError, append_jsonl
 from evisrag_core.prompts import build_messages
 
@@ -49,15 +51,26 @@ class Backend(Protocol):
     def generate(self, requests: Sequence[Request]) -> list[str]: ...
 
 
-def build_requests(records: Sequence[TestRecord], split_dir: Path, top_k: int, max_images: int) -> list[Request]:
-    """Top-K images per question, each resolved inside the split folder (escapes are refused)."""
+def build_requests(
+    records: Sequence[TestRecord], split_dir: Path, top_k: int, max_images: int, bad: BadRecords | None = None
+) -> list[Request]:
+    """Top-K images per question, each resolved inside the split folder (escapes are refused) and decoded once
+    (missing, damaged or oversized images fail here, before any generation). A question with a bad image raises
+    BadRecordError, or is left out and counted in `bad` under the `skip` policy."""
     if top_k > max_images:
         raise ValueError(f"top_k={top_k} exceeds the model's limit of {max_images} images per prompt")
+    bad = bad or BadRecords()
     requests = []
     for record in records:
         where = f"{split_dir}/qid {record.qid}"
         refs = record.image[:top_k]
-        images = [str(resolve_image_path(split_dir, rel, where)) for rel in refs]
+        try:
+            images = [str(resolve_image_path(split_dir, rel, where)) for rel in refs]
+            for image in images:
+                check_image(image, where)
+        except BadRecordError as err:
+            bad.reject(err)
+            continue
         requests.append(Request(record.qid, record.query, images, list(refs)))
     return requests
 
@@ -70,7 +83,7 @@ def set_cpu_threads() -> int:
 
 
 class TransformersBackend:
-    """Batched `generate` with left padding; images go through `qwen_vl_utils.process_vision_info`."""
+    """Batched `generate` with left padding; images go through `evisrag_core.images.vision_inputs`."""
 
     def __init__(self, model: Any, processor: Any, sampling: Sampling, template: str, pixels: tuple[int, int]):
         self.model, self.processor, self.sampling = model, processor, sampling
@@ -78,14 +91,11 @@ class TransformersBackend:
         self.processor.tokenizer.padding_side = "left"
 
     def _inputs(self, requests: Sequence[Request]) -> Any:
-        from qwen_vl_utils import process_vision_info
-
         texts, images = [], []
         for request in requests:
             messages = build_messages(request.query, request.images, self.template, self.min_pixels, self.max_pixels)
             texts.append(self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-            image_inputs, _ = process_vision_info(messages)
-            images.append(image_inputs)
+            images.append(vision_inputs(messages))
         return self.processor(text=texts, images=images, return_tensors="pt", padding=True)
 
     @torch.inference_mode()
@@ -129,14 +139,11 @@ class VllmBackend:
         )
 
     def generate(self, requests: Sequence[Request]) -> list[str]:
-        from qwen_vl_utils import process_vision_info
-
         batch = []
         for request in requests:
             messages = build_messages(request.query, request.images, self.template, self.min_pixels, self.max_pixels)
             prompt = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            image_inputs, _ = process_vision_info(messages)
-            batch.append({"prompt": prompt, "multi_modal_data": {"image": image_inputs}})
+            batch.append({"prompt": prompt, "multi_modal_data": {"image": vision_inputs(messages)}})
         return [output.outputs[0].text for output in self.llm.generate(batch, sampling_params=self.params)]
 
 

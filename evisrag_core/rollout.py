@@ -1,7 +1,7 @@
 """Rollouts for RS-GRPO: n sampled responses to each prompt from the current policy (spec §4, §5).
 
 A prompt is the evidence prompt over a record's images, built exactly as prediction builds it (`build_messages` →
-the chat template → `qwen_vl_utils.process_vision_info` → the processor). The prompts of a batch are encoded once,
+the chat template → `evisrag_core.images.vision_inputs` → the processor). The prompts of a batch are encoded once,
 left-padded, and `generate` samples n continuations of each (`num_return_sequences=n`; the vision tower runs once
 per prompt). A response keeps its generated ids up to and including the first end-of-turn token, or all
 `max_new_tokens` ids when it never ended. Stacked over the B = prompts × n responses (a prompt's n responses are
@@ -27,8 +27,10 @@ from typing import Any
 
 import torch
 
+from evisrag_core.bad_records import BadRecords, jsonl_rows
 from evisrag_core.data.schema import resolve_image_path
-from evisrag_core.io import BadRecordError, read_jsonl
+from evisrag_core.images import check_image, vision_inputs
+from evisrag_core.io import BadRecordError
 from evisrag_core.parsing import extract_block
 from evisrag_core.prompts import build_messages
 
@@ -75,8 +77,21 @@ def parse_rl_record(row: dict[str, Any], root: Path, where: str) -> RLPrompt:
     return RLPrompt(record.id, record.query, paths, record.image_refs, answer, sufficient)
 
 
-def load_rl_prompts(path: Path) -> list[RLPrompt]:
-    return [parse_rl_record(row, path.parent, f"{path}:{i}") for i, row in enumerate(read_jsonl(path), start=1)]
+def load_rl_prompts(path: Path, bad: BadRecords | None = None) -> list[RLPrompt]:
+    """Every valid record of an RL file, its images checked; a bad record raises BadRecordError naming file:line,
+    or is left out and counted in `bad` under the `skip` policy."""
+    bad = bad or BadRecords()
+    prompts = []
+    for where, row in jsonl_rows(path, bad):
+        try:
+            prompt = parse_rl_record(row, path.parent, where)
+            for image in prompt.images:
+                check_image(image, where)
+        except BadRecordError as err:
+            bad.reject(err)
+            continue
+        prompts.append(prompt)
+    return prompts
 
 
 @dataclass(frozen=True)
@@ -181,11 +196,9 @@ class PromptEncoder:
         return self.processor.apply_chat_template(self.messages(prompt), tokenize=False, add_generation_prompt=True)
 
     def __call__(self, prompts: Sequence[RLPrompt]) -> list[PromptInputs]:
-        from qwen_vl_utils import process_vision_info
-
         encoded = []
         for prompt in prompts:
-            images, _ = process_vision_info(self.messages(prompt))
+            images = vision_inputs(self.messages(prompt))
             batch = self.processor(text=[self.text(prompt)], images=images, return_tensors="pt")
             input_ids = batch["input_ids"][0]
             if len(input_ids) > self.max_prompt_length:
@@ -230,8 +243,22 @@ class TransformersRollout:
         self.end_ids = end_of_turn_ids(model, processor)
         self.suppressed = vision_token_ids(processor)
 
+    def generate(
+        self, prompts: Sequence[RLPrompt], sampling: Sampling, seeds: Sequence[int] | None = None
+    ) -> list[Group]:
+        """n samples per prompt. Without `seeds`, one batched `generate` from the current torch RNG stream; with one
+        seed per prompt, each prompt's group is sampled alone after `torch.manual_seed(seed)`, so a group does not
+        depend on which other prompts share its batch, process or rank (slower: one generate call per prompt)."""
+        if seeds is None:
+            return self._generate(prompts, sampling)
+        groups = []
+        for prompt, seed in zip(prompts, seeds, strict=True):
+            torch.manual_seed(seed)
+            groups.extend(self._generate([prompt], sampling))
+        return groups
+
     @torch.no_grad()
-    def generate(self, prompts: Sequence[RLPrompt], sampling: Sampling) -> list[Group]:
+    def _generate(self, prompts: Sequence[RLPrompt], sampling: Sampling) -> list[Group]:
         encoded = self.encode(prompts)
         batch = {k: v.to(self.model.device) for k, v in collate_prompts(encoded, self.pad_id).items()}
         was_training = self.model.training
@@ -284,21 +311,26 @@ class VllmRollout:
         engine_model = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
         engine_model.load_weights(self.model.state_dict().items())
 
-    def generate(self, prompts: Sequence[RLPrompt], sampling: Sampling) -> list[Group]:
-        from qwen_vl_utils import process_vision_info
+    def generate(
+        self, prompts: Sequence[RLPrompt], sampling: Sampling, seeds: Sequence[int] | None = None
+    ) -> list[Group]:
         from vllm import SamplingParams
 
         self._sync_weights()
-        params = SamplingParams(
-            n=sampling.n,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            max_tokens=sampling.max_new_tokens,
-            stop_token_ids=sorted(self.end_ids),
-        )
+        params = [
+            SamplingParams(
+                n=sampling.n,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                max_tokens=sampling.max_new_tokens,
+                stop_token_ids=sorted(self.end_ids),
+                seed=seed,  # a per-request seed: the group's samples do not depend on its batch
+            )
+            for seed in (seeds if seeds is not None else [None] * len(prompts))
+        ]
         requests = []
         for prompt in prompts:
-            images, _ = process_vision_info(self.encode.messages(prompt))
+            images = vision_inputs(self.encode.messages(prompt))
             requests.append({"prompt": self.encode.text(prompt), "multi_modal_data": {"image": images}})
         outputs = self.llm.generate(requests, sampling_params=params)
         groups = []

@@ -48,13 +48,15 @@ import random
 import re
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from evisrag_core import rsgrpo_dist
+from evisrag_core.bad_records import BadRecords
 from evisrag_core.config import RSGRPOParams
 from evisrag_core.data.hub import RL_VAL_FILE
 from evisrag_core.io import atomic_dir, write_json_atomic
@@ -74,7 +76,7 @@ from evisrag_core.rollout import (
 )
 from evisrag_core.rsgrpo import entropy_from_logits, filter_groups, group_advantages, low_var_kl, policy_loss
 from evisrag_core.rsgrpo_report import report_samples, write_step_report
-from evisrag_core.spans import component_span_masks, tag_token_ids, whole_response_masks
+from evisrag_core.spans import SpanLocator, component_span_masks, span_locator, tag_token_ids, whole_response_masks
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +105,8 @@ class Run:
     step: int = 0  # optimizer steps done
     cursor: int = 0  # training prompts drawn so far, over all epochs
     tag_ids: dict[str, list[int]] = field(default_factory=dict)
+    locate_spans: SpanLocator | None = None  # rsgrpo.span_locator: char_offsets; None: token-id search with tag_ids
+    dist: rsgrpo_dist.Distributed | None = None  # several ranks under DeepSpeed; None: this process alone
 
     @property
     def pad_id(self) -> int:
@@ -137,6 +141,30 @@ def group_rewards(group: Group, cfg: RSGRPOParams) -> torch.Tensor:
     return torch.tensor([[row[key] for key in REWARD_KEYS] for row in rows], dtype=torch.float32)
 
 
+def rollout_seeds(seed: int, first_draw: int, count: int) -> list[int]:
+    """`rollout_seeding: group`: the seed of the prompts drawn at positions first_draw … first_draw + count - 1 of
+    the run's prompt stream (positions never repeat, so neither do seeds; a resumed run draws the same ones)."""
+    return [random.Random(f"{seed}-rsgrpo-rollout-{first_draw + k}").getrandbits(63) for k in range(count)]
+
+
+def sample_and_score(
+    run: Run, sampling: Sampling, prompts: list[RLPrompt], seeds: list[int] | None
+) -> tuple[list[Group], list[torch.Tensor]]:
+    groups = run.rollout.generate(prompts, sampling, seeds)
+    return groups, [group_rewards(group, run.cfg) for group in groups]
+
+
+def rollout_and_score(run: Run, sampling: Sampling) -> tuple[list[Group], list[torch.Tensor]]:
+    """Steps 1-2 for the next rollout_batch_size prompts: their groups and (n, 7) rewards, in prompt order (on
+    several ranks each samples its share: rsgrpo_dist)."""
+    first = run.cursor
+    prompts = next_prompts(run, run.cfg.rollout_batch_size)
+    seeds = rollout_seeds(run.seed, first, len(prompts)) if run.cfg.rollout_seeding == "group" else None
+    if run.dist is not None:
+        return run.dist.rollout_and_score(prompts, seeds, functools.partial(sample_and_score, run, sampling))
+    return sample_and_score(run, sampling, prompts, seeds)
+
+
 def collect_groups(run: Run) -> tuple[list[Group], torch.Tensor, dict[str, float]]:
     """Steps 1-3: sample, score and filter until rollout_batch_size groups are kept.
 
@@ -159,8 +187,7 @@ def collect_groups(run: Run) -> tuple[list[Group], torch.Tensor, dict[str, float
                 "(rsgrpo.model_dir), or widen rsgrpo.filter_low/filter_high, or set rsgrpo.online_filtering: false."
             )
         rounds += 1
-        groups = run.rollout.generate(next_prompts(run, cfg.rollout_batch_size), sampling)
-        rewards = [group_rewards(group, cfg) for group in groups]  # P × (n, 7)
+        groups, rewards = rollout_and_score(run, sampling)  # P groups, P × (n, 7)
         overall = torch.cat([r[:, 0] for r in rewards])  # (P·n,)
         keep = filter_groups(overall, group_ids(groups), cfg.filter_low, cfg.filter_high)  # (P·n,)
         for g, (group, reward) in enumerate(zip(groups, rewards, strict=True)):
@@ -216,13 +243,19 @@ class Batch:
 
 
 def spans_and_advantages(
-    groups: list[Group], rewards: torch.Tensor, mode: str, tag_ids: dict[str, list[int]], pad_id: int
+    groups: list[Group],
+    rewards: torch.Tensor,
+    mode: str,
+    tag_ids: dict[str, list[int]],
+    pad_id: int,
+    locate_spans: SpanLocator | None = None,
 ) -> Batch:
     """Steps 4-5: each component's token span and its group-normalised advantage (plain GRPO: overall only)."""
     response_ids, response_mask = pad_responses(groups, pad_id)  # (B, T)
     if mode == "rsgrpo":
         components, component_rewards = REWARD_COMPONENTS, rewards[:, 1:]  # (B, 6)
-        span_masks = component_span_masks(response_ids, response_mask, tag_ids)  # (B, 6, T)
+        locate = locate_spans or functools.partial(component_span_masks, tag_ids=tag_ids)
+        span_masks = locate(response_ids, response_mask)  # (B, 6, T)
     else:
         components, component_rewards = ("overall",), rewards[:, :1]  # (B, 1)
         span_masks = whole_response_masks(response_mask)  # (B, 1, T)
@@ -231,18 +264,39 @@ def spans_and_advantages(
 
 
 def policy_update(run: Run, batch: Batch) -> dict[str, float]:
-    """Steps 6-7: the scoped clipped loss (+ KL), accumulated over micro-batches, then one AdamW step."""
+    """Steps 6-7: the scoped clipped loss (+ KL), accumulated over micro-batches, then one AdamW step.
+
+    Under `run.dist` (several ranks, evisrag_core/rsgrpo_dist.py) a rank runs only its own micro-batches of the
+    batch, DeepSpeed reduces the gradients, clips and steps, and the metrics are summed over ranks."""
     cfg = run.cfg
-    span_tokens = batch.span_masks.sum(dim=(0, 2)).float()  # (n_c,) N_j over the batch
-    response_tokens = batch.response_mask.sum()
+    if run.dist is not None:
+        return distributed_policy_update(run, batch)
     run.policy.train()
     run.optimizer.zero_grad(set_to_none=True)
+    totals, clip_stats = accumulate_gradients(run, batch, micro_batches(len(batch.response_ids), cfg.micro_batch_size))
+    trainable = [p for p in run.policy.parameters() if p.requires_grad]
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
+    skipped = totals["n_active_components"] == 0 or not torch.isfinite(grad_norm)
+    if not skipped:
+        run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return update_metrics(run, totals, clip_stats, float(grad_norm), skipped)
+
+
+def accumulate_gradients(
+    run: Run, batch: Batch, mini_batches: list[list[int]], backward: Callable[[torch.Tensor], None] | None = None
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Forward/backward of the given micro-batches of `batch` (gradients add up); their loss and stats totals."""
+    cfg = run.cfg
+    model = run.dist.engine if run.dist is not None else run.policy
+    span_tokens = batch.span_masks.sum(dim=(0, 2)).float()  # (n_c,) N_j over the batch
+    response_tokens = batch.response_mask.sum()
     totals = dict.fromkeys(("loss", "kl", "entropy", "n_active_components"), 0.0)
     clip_stats = dict.fromkeys(("clip_frac_high", "clip_frac_low", "clip_frac_dual"), 0.0)
-    for rows in micro_batches(len(batch.response_ids), cfg.micro_batch_size):
+    for rows in mini_batches:
         inputs = policy_inputs(batch.groups, rows, batch.response_ids, batch.response_mask, run.pad_id)
         response_ids = batch.response_ids[rows]  # (b, T)
-        log_probs, logits = response_log_probs(run.policy, inputs, response_ids, cfg.temperature)  # (b, T)
+        log_probs, logits = response_log_probs(model, inputs, response_ids, cfg.temperature)  # (b, T)
         old_log_probs = log_probs.detach()  # π_old = π_θ: one update per rollout batch (module docstring)
         device = log_probs.device
         mask = batch.response_mask[rows].to(device)  # (b, T)
@@ -264,7 +318,7 @@ def policy_update(run: Run, batch: Batch) -> dict[str, float]:
             kl = (low_var_kl(log_probs, ref_log_probs) * mask).sum() / response_tokens  # token mean over the batch
             loss = loss + cfg.kl_coef * kl
             totals["kl"] += float(kl.detach())
-        loss.backward()
+        (backward or torch.Tensor.backward)(loss)
         weight = len(rows) / len(batch.response_ids)
         totals["loss"] += float(loss.detach())
         totals["n_active_components"] += n_active * weight
@@ -272,24 +326,48 @@ def policy_update(run: Run, batch: Batch) -> dict[str, float]:
             clip_stats[key] += stats[key] * weight
         with torch.no_grad():
             totals["entropy"] += float((entropy_from_logits(logits) * mask).sum() / response_tokens)
+    return totals, clip_stats
 
-    trainable = [p for p in run.policy.parameters() if p.requires_grad]
-    grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
-    skipped = totals["n_active_components"] == 0 or not torch.isfinite(grad_norm)
-    if not skipped:
-        run.optimizer.step()
-    run.optimizer.zero_grad(set_to_none=True)
+
+def update_metrics(
+    run: Run, totals: dict[str, float], clip_stats: dict[str, float], grad_norm: float, skipped: bool
+) -> dict[str, float]:
     if run.reference is None:
         del totals["kl"]
     metrics = {f"actor/{key}": value for key, value in {**totals, **clip_stats}.items()}
-    metrics.update({"actor/grad_norm": float(grad_norm), "actor/skipped": float(skipped)})
+    metrics.update({"actor/grad_norm": grad_norm, "actor/skipped": float(skipped)})
     return metrics
+
+
+def distributed_policy_update(run: Run, batch: Batch) -> dict[str, float]:
+    """Steps 6-7 on several ranks (rsgrpo_dist module docstring): this rank's micro-batches, DeepSpeed's step.
+
+    Whether any component is active is known from the whole batch before the forward, so every rank skips the same
+    steps (an update DeepSpeed starts must be finished by all ranks)."""
+    dist = run.dist
+    active = bool(((batch.advantages.unsqueeze(-1) * batch.span_masks) != 0).any())
+    if not active:
+        zero = dict.fromkeys(("loss", "kl", "entropy", "n_active_components"), 0.0)
+        clips = dict.fromkeys(("clip_frac_high", "clip_frac_low", "clip_frac_dual"), 0.0)
+        return update_metrics(run, zero, clips, 0.0, True)
+    size = rsgrpo_dist.micro_batch_size(run.cfg, dist.world)
+    mine = dist.my_micro_batches(micro_batches(len(batch.response_ids), size))
+    batch = replace(batch, groups=dist.with_inputs(batch.groups, [row for rows in mine for row in rows]))
+    run.policy.train()
+    grad_norm = [float("nan")]
+
+    def backward(loss: torch.Tensor) -> None:
+        dist.backward(loss)
+        grad_norm[0] = dist.step()  # DeepSpeed updates at the last micro-batch of the batch
+
+    totals, clip_stats = accumulate_gradients(run, batch, mine, backward)
+    return update_metrics(run, dist.sum(totals), dist.sum(clip_stats), grad_norm[0], False)
 
 
 def train_step(run: Run) -> tuple[dict[str, float], Batch]:
     """One RS-GRPO step (module docstring); returns its metrics and the batch it trained on."""
     groups, rewards, metrics = collect_groups(run)  # 1-3
-    batch = spans_and_advantages(groups, rewards, run.cfg.mode, run.tag_ids, run.pad_id)  # 4-5
+    batch = spans_and_advantages(groups, rewards, run.cfg.mode, run.tag_ids, run.pad_id, run.locate_spans)  # 4-5
     metrics.update(policy_update(run, batch))  # 6-7
     run.step += 1
     return metrics, batch
@@ -303,6 +381,8 @@ def validate(run: Run) -> dict[str, float]:
     (spec §3 Accuracy against the ground truth's answer block; insufficient questions against the fixed golds)."""
     cfg = run.cfg
     sampling = Sampling(1, cfg.val_temperature, cfg.val_top_p, cfg.max_new_tokens)
+    if cfg.rollout_seeding == "group":  # validation samples depend on the step only, not on the ranks' streams
+        torch.manual_seed(random.Random(f"{run.seed}-rsgrpo-val-{run.step}").getrandbits(63))
     rewards, accuracy = [], []
     chunk = cfg.rollout_batch_size * cfg.n
     for start in range(0, len(run.val_prompts), chunk):
@@ -354,17 +434,27 @@ def save_checkpoint(run: Run) -> Path:
     """Model (safetensors + processor), optimizer, RNG states and data position of the finished step, atomically."""
     checkpoint_dir = Path(run.cfg.checkpoint_dir)
     target = checkpoint_dir / f"step-{run.step:06d}"
-    with atomic_dir(target) as tmp:
-        run.policy.save_pretrained(tmp / "model", safe_serialization=True)
-        run.processor.save_pretrained(tmp / "model")  # a checkpoint's model folder loads like any model
-        torch.save(run.optimizer.state_dict(), tmp / "optimizer.pt")
-        state = {"step": run.step, "cursor": run.cursor, "rng": rng_state(), "params": run.cfg.model_dump()}
-        write_json_atomic(tmp / "state.json", state)
+    if run.dist is not None:  # optimizer partitions from every rank, the rest from rank 0
+        run.dist.save_checkpoint(target, functools.partial(write_checkpoint, run, optimizer=False))
+        if not run.dist.is_main:
+            return target
+    else:
+        with atomic_dir(target) as tmp:
+            write_checkpoint(run, tmp)
     done = sorted(p for p in checkpoint_dir.iterdir() if _CHECKPOINT.match(p.name))
     for old in done[: -run.cfg.save_total_limit]:
         shutil.rmtree(old)
     log.info("checkpoint %s", target)
     return target
+
+
+def write_checkpoint(run: Run, folder: Path, optimizer: bool = True) -> None:
+    run.policy.save_pretrained(folder / "model", safe_serialization=True)
+    run.processor.save_pretrained(folder / "model")  # a checkpoint's model folder loads like any model
+    if optimizer:
+        torch.save(run.optimizer.state_dict(), folder / "optimizer.pt")
+    state = {"step": run.step, "cursor": run.cursor, "rng": rng_state(), "params": run.cfg.model_dump()}
+    write_json_atomic(folder / "state.json", state)
 
 
 def load_checkpoint_state(path: Path) -> dict[str, Any]:
@@ -374,7 +464,10 @@ def load_checkpoint_state(path: Path) -> dict[str, Any]:
 
 def restore(run: Run, path: Path, state: dict[str, Any]) -> None:
     """Optimizer, RNG and data position of a checkpoint (its weights were loaded with the policy)."""
-    run.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
+    if run.dist is not None:
+        run.dist.load_checkpoint(path)
+    else:
+        run.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
     run.step, run.cursor = state["step"], state["cursor"]
     set_rng_state(state["rng"])
     changed = sorted(k for k, v in state["params"].items() if run.cfg.model_dump().get(k) != v)
@@ -385,13 +478,16 @@ def restore(run: Run, path: Path, state: dict[str, Any]) -> None:
 # --- setup and the loop -------------------------------------------------------------------------------------------
 
 
-def split_prompts(rl_file: Path, val_size: int, seed: int) -> tuple[list[RLPrompt], list[RLPrompt]]:
+def split_prompts(
+    rl_file: Path, val_size: int, seed: int, bad: BadRecords | None = None
+) -> tuple[list[RLPrompt], list[RLPrompt]]:
     """Training prompts and validation prompts: `rl_val.jsonl` beside `rl_file` when it exists (its first
-    val_size rows), otherwise val_size prompts held out of `rl_file` by a seeded draw."""
-    prompts = load_rl_prompts(rl_file)
+    val_size rows), otherwise val_size prompts held out of `rl_file` by a seeded draw. Bad records follow `bad`'s
+    `on_bad_record` policy (an error, or left out and counted)."""
+    prompts = load_rl_prompts(rl_file, bad)
     val_file = rl_file.with_name(RL_VAL_FILE)
     if val_file.is_file():
-        return prompts, load_rl_prompts(val_file)[:val_size]
+        return prompts, load_rl_prompts(val_file, bad)[:val_size]
     if val_size >= len(prompts):
         raise ValueError(f"rsgrpo.val_size={val_size} leaves no training prompt of the {len(prompts)} in {rl_file}")
     held_out = set(random.Random(f"{seed}-rsgrpo-val").sample(range(len(prompts)), val_size))
@@ -405,7 +501,9 @@ def total_steps(cfg: RSGRPOParams, n_train_prompts: int) -> int:
     return math.ceil(cfg.epochs * n_train_prompts / cfg.rollout_batch_size)
 
 
-def build_run(cfg: RSGRPOParams, rl_file: Path, seed: int, trust_remote_code: bool = False) -> Run:
+def build_run(
+    cfg: RSGRPOParams, rl_file: Path, seed: int, trust_remote_code: bool = False, bad: BadRecords | None = None
+) -> Run:
     """Load the policy (from the latest checkpoint when there is one), the optimizer and the prompts."""
     from transformers import set_seed
 
@@ -437,9 +535,13 @@ def build_run(cfg: RSGRPOParams, rl_file: Path, seed: int, trust_remote_code: bo
         rollout: TransformersRollout | VllmRollout = VllmRollout(cfg.model_dir, policy, processor, encoder, max_len)
     else:
         rollout = TransformersRollout(policy, processor, encoder)
-    train, val = split_prompts(rl_file, cfg.val_size, seed)
+    train, val = split_prompts(rl_file, cfg.val_size, seed, bad)
     run = Run(cfg, seed, policy, processor, optimizer, rollout, train, val, reference)
     run.tag_ids = tag_token_ids(processor.tokenizer)
+    if cfg.span_locator != "token_ids":
+        run.locate_spans = span_locator(cfg.span_locator, processor.tokenizer)
+    if rsgrpo_dist.use_deepspeed(cfg):
+        run.dist = rsgrpo_dist.init_distributed(policy, optimizer, cfg, use_bf16(cfg.bf16), encoder)
     if checkpoint:
         restore(run, checkpoint, load_checkpoint_state(checkpoint))
         log.info("resumed from %s (step %d, prompt cursor %d)", checkpoint, run.step, run.cursor)
@@ -467,23 +569,30 @@ def train_rsgrpo(
     """Train from cfg.model_dir (or resume from cfg.checkpoint_dir) on the prompts of `rl_file`, then save the final
     model to cfg.out_dir. `on_step(step, metrics)` gets every step's metrics (validation ones too, when it ran).
     `stop_after` ends the run after that many steps without the final save (to test resuming)."""
-    run = build_run(cfg, rl_file, seed, trust_remote_code)
+    bad = BadRecords(cfg.on_bad_record)
+    run = build_run(cfg, rl_file, seed, trust_remote_code, bad)
     steps = total_steps(cfg, len(run.train_prompts))
     resumed_at = run.step
-    validating = cfg.val_every > 0 and bool(run.val_prompts)
+    main = run.dist is None or run.dist.is_main  # on several ranks, rank 0 alone validates, reports and logs
+    validating = cfg.val_every > 0 and bool(run.val_prompts) and main
     if validating and run.step == 0:
         on_step(0, validate(run))
     while run.step < steps and (stop_after is None or run.step < stop_after):
         metrics, batch = train_step(run)
         if validating and (run.step % cfg.val_every == 0 or run.step == steps):
             metrics.update(validate(run))
-        if cfg.report_every and (run.step % cfg.report_every == 0 or run.step == 1):
+        if main and cfg.report_every and (run.step % cfg.report_every == 0 or run.step == 1):
             samples = report_samples(batch, run.processor.tokenizer, cfg.report_rollouts)
             write_step_report(Path(cfg.report_dir), run.step, samples)
-        on_step(run.step, metrics)
+        if main:
+            on_step(run.step, metrics)
         if run.step % cfg.save_every == 0 or run.step == steps:
             save_checkpoint(run)
     if stop_after is not None and run.step < steps:
         return {"steps": run.step, "resumed_from_step": resumed_at, "finished": False}
-    save_final(run)
-    return {"steps": run.step, "resumed_from_step": resumed_at, "finished": True, "prompts_drawn": run.cursor}
+    if main:
+        save_final(run)  # ZeRO-2: every rank holds the whole parameters; rank 0 writes them
+    if run.dist is not None:
+        run.dist.barrier()
+    summary = {"steps": run.step, "resumed_from_step": resumed_at, "finished": True, "prompts_drawn": run.cursor}
+    return summary | {"skipped_records": bad.count}

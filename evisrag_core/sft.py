@@ -26,9 +26,11 @@ from typing import Any
 
 import torch
 
+from evisrag_core.bad_records import BadRecords, jsonl_rows
 from evisrag_core.config import SFTParams
 from evisrag_core.data.schema import resolve_image_path
-from evisrag_core.io import BadRecordError, read_jsonl
+from evisrag_core.images import check_image, vision_inputs
+from evisrag_core.io import BadRecordError
 from evisrag_core.prompts import build_messages
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,8 @@ def parse_sft_record(row: dict[str, Any], root: Path, where: str) -> Conversatio
     assistant = next((m for m in reversed(messages) if m.get("role") == "assistant"), None)
     if user is None or assistant is None:
         raise BadRecordError(f"{where}: needs one 'user' and one 'assistant' message")
+    if not isinstance(images, list) or not images or not all(isinstance(p, str) and p for p in images):
+        raise BadRecordError(f"{where}: 'images' must be a non-empty list of image paths (the task is over images)")
     text = str(user.get("content", ""))
     if text.count(IMAGE_PLACEHOLDER) != len(images):
         raise BadRecordError(
@@ -66,9 +70,21 @@ def parse_sft_record(row: dict[str, Any], root: Path, where: str) -> Conversatio
     )
 
 
-def load_conversations(sft_file: Path) -> list[Conversation]:
-    root = sft_file.parent
-    return [parse_sft_record(row, root, f"{sft_file}:{i}") for i, row in enumerate(read_jsonl(sft_file), start=1)]
+def load_conversations(sft_file: Path, bad: BadRecords | None = None) -> list[Conversation]:
+    """Every valid conversation of `sft_file`, its images checked; a bad record raises BadRecordError naming
+    file:line, or is left out and counted in `bad` under the `skip` policy (`sft.on_bad_record`)."""
+    bad = bad or BadRecords()
+    conversations = []
+    for where, row in jsonl_rows(sft_file, bad):
+        try:
+            conversation = parse_sft_record(row, sft_file.parent, where)
+            for image in conversation.images:
+                check_image(image, where)
+        except BadRecordError as err:
+            bad.reject(err)
+            continue
+        conversations.append(conversation)
+    return conversations
 
 
 def conversation_messages(example: Conversation, min_pixels: int, max_pixels: int) -> list[dict[str, Any]]:
@@ -92,14 +108,12 @@ class SFTCollator:
         self.end_id = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
 
     def _encode(self, example: Conversation) -> dict[str, Any]:
-        from qwen_vl_utils import process_vision_info
-
         messages = conversation_messages(example, self.min_pixels, self.max_pixels)
         prompt = self.processor.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
         full = self.processor.apply_chat_template(messages, tokenize=False)
         if not full.startswith(prompt):
             raise ValueError(f"{example.id}: the chat template renders the prompt differently inside the conversation")
-        images, _ = process_vision_info(messages[:1])
+        images = vision_inputs(messages[:1])
         encoded = self.processor(text=[full], images=images or None, return_tensors="pt")
         input_ids = encoded["input_ids"][0]
         prompt_len = self._prompt_length(prompt, encoded, input_ids, example.id)
@@ -264,7 +278,8 @@ def train_sft(
     model.train()
     if cfg.freeze_vision_tower:
         log.info("vision tower frozen (%d parameters)", freeze_vision_tower(model))
-    conversations = load_conversations(sft_file)
+    bad = BadRecords(cfg.on_bad_record)
+    conversations = load_conversations(sft_file, bad)
 
     class _Relay(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
@@ -283,7 +298,8 @@ def train_sft(
         log.info("resuming from %s", resume)
     result = trainer.train(resume_from_checkpoint=resume)
     save_final(trainer, processor, Path(cfg.out_dir))
-    return {"global_step": result.global_step, "train_loss": result.training_loss, "resumed_from": resume}
+    summary = {"global_step": result.global_step, "train_loss": result.training_loss, "resumed_from": resume}
+    return summary | {"skipped_records": bad.count}
 
 
 def _checkpoint_key_mapping_trainer() -> type:
@@ -311,11 +327,16 @@ def _checkpoint_key_mapping_trainer() -> type:
 
 def save_final(trainer: Any, processor: Any, out_dir: Path) -> None:
     """Save model + processor beside `out_dir`, then swap it in: a kill mid-save never leaves a half model there."""
-    staging = out_dir.with_name(f".{out_dir.name}.saving")
+    staging, old = (out_dir.with_name(f".{out_dir.name}.{suffix}") for suffix in ("saving", "old"))
+    if trainer.is_world_process_zero():  # the only writer: drop what a killed save left
+        for stale in (staging, old):
+            shutil.rmtree(stale, ignore_errors=True)
     trainer.save_model(str(staging))  # every rank takes part (ZeRO-3 gathers the shards)
     if trainer.is_world_process_zero():
         processor.tokenizer.padding_side = "left"
         processor.save_pretrained(str(staging))
+        # Old model aside, new one in, old one deleted: a kill leaves out_dir absent or whole, never half-deleted.
         if out_dir.exists():
-            shutil.rmtree(out_dir)
+            os.replace(out_dir, old)
         os.replace(staging, out_dir)
+        shutil.rmtree(old, ignore_errors=True)

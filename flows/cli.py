@@ -7,6 +7,7 @@ evisrag evaluate --data DIR --preds FILE --out F  score any prediction file (als
 evisrag answer --query Q --images A.png B.png     one question over images → the tagged answer
 evisrag metrics                                   print metrics.json as a table
 evisrag report                                    the run report: reports/run/index.html
+evisrag compare [--experiment E --tag K=V --since D --out PNG]   pipeline runs in MLflow side by side
 evisrag plan [--gpus N --gpu-type T] [--json]      7B memory/throughput estimate for the paper runs
 """
 
@@ -22,7 +23,7 @@ from typing import Any
 
 import flows  # noqa: F401  (sets Prefect's project-local defaults before prefect is imported)
 from evisrag_core.config import DEFAULT_PARAMS, ParamsError, load_params
-from evisrag_core.io import BadRecordError
+from evisrag_core.io import BadRecordError, DiskFullError
 
 
 def _stage_command(name: str):
@@ -45,6 +46,35 @@ def _stage_command(name: str):
 def launch_rank() -> int:
     """This process's global rank under `torchrun` (its RANK variable); 0 in an ordinary run."""
     return int(os.environ.get("RANK", "0"))
+
+
+def cmd_rsgrpo(args: argparse.Namespace) -> int:
+    """Like `cmd_sft`: under `torchrun` rank 0 runs the Prefect flow, the other ranks train beside it; `--dry-run`
+    checks the configuration (evisrag_core/rsgrpo_plan.py) without loading a model."""
+    if not args.dry_run:
+        if launch_rank() > 0:
+            from tasks.rsgrpo import train_on_worker_rank
+
+            train_on_worker_rank(load_params(args.params))
+            return 0
+        return _stage_command("rsgrpo")(args)
+    from dataclasses import asdict
+
+    from evisrag_core.rsgrpo_plan import PlanError, plan_rsgrpo
+
+    from evisrag_core.data.schema import RL_FILE
+
+    params = load_params(args.params)
+    rl_file = Path(params.data.out_dir) / "train" / RL_FILE
+    n_prompts = sum(1 for line in rl_file.open(encoding="utf-8") if line.strip()) if rl_file.is_file() else None
+    try:
+        plan = plan_rsgrpo(params.rsgrpo, params.seed, n_prompts, params.data.embedded.images_per_question)
+    except PlanError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(asdict(plan), indent=2, default=str))
+    print(f"\nlaunch with:\n  {plan.launch_command}")
+    return 0
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
@@ -162,6 +192,12 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from flows.compare import cmd_compare as run_compare  # imports mlflow: only when the command runs
+
+    return run_compare(args)
+
+
 def format_metrics(metrics: dict[str, Any]) -> str:
     """One row per benchmark (overall last), the metric keys as columns."""
     import pandas as pd
@@ -195,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     sft.set_defaults(func=cmd_sft)
 
     rsgrpo = sub.add_parser("rsgrpo", help="reward-scoped GRPO from the SFT model (resumes after a kill)")
-    rsgrpo.set_defaults(func=_stage_command("rsgrpo"))
+    rsgrpo.add_argument("--dry-run", action="store_true", help="check the config, print the plan and launch command")
+    rsgrpo.set_defaults(func=cmd_rsgrpo)
 
     predict = sub.add_parser("predict", help="generate predictions for every test benchmark")
     predict.add_argument("--model", help="model folder or hub id (default: predict.model_dir)")
@@ -232,6 +269,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_plan_command(sub)
 
+    compare = sub.add_parser("compare", help="pipeline runs in MLflow: differing params, metrics per benchmark, PNG")
+    compare.add_argument("--experiment", action="append", help="experiment name (repeatable; default: from params)")
+    compare.add_argument("--tag", action="append", default=[], help="KEY=VALUE run tag filter (repeatable)")
+    compare.add_argument("--since", help="runs started on or after this date (YYYY-MM-DD, UTC)")
+    compare.add_argument(
+        "--metric", action="append", help="metric key (repeatable; default: global_em, global_f1, evidence_f1)"
+    )
+    compare.add_argument("--out", default="artifacts/compare.png", help="chart PNG (default: artifacts/compare.png)")
+    compare.set_defaults(func=cmd_compare)
+
     metrics = sub.add_parser("metrics", help="print the metrics table")
     metrics.add_argument("--file", help="metrics file (default: evaluate.metrics_file)")
     metrics.set_defaults(func=cmd_metrics)
@@ -245,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(chatty).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         return args.func(args)
-    except (ParamsError, BadRecordError, FileNotFoundError) as err:
+    except (ParamsError, BadRecordError, FileNotFoundError, DiskFullError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

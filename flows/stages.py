@@ -13,12 +13,12 @@ from prefect import flow
 
 from evisrag_core.config import load_params
 from evisrag_core.data.schema import list_benchmarks
-from evisrag_core.io import read_jsonl
+from evisrag_core.io import atomic_dir, read_jsonl
 from tasks import tracking
 from tasks.download import write_dataset
 from tasks.evaluate import evaluate_predictions
 from tasks.model import write_base_model
-from tasks.predict import WORK_DIR, make_backend, predict_benchmark
+from tasks.predict import WORK_DIR, check_replaceable, make_backend, predict_benchmark
 from tasks.report import write_report
 from tasks.rsgrpo import train as train_rsgrpo
 from tasks.sft import train as train_sft
@@ -86,12 +86,17 @@ def predict_flow(
         mlflow.set_tag("evisrag.model_dir", str(model))
         backend = make_backend(cfg, model, params.model.trust_remote_code)
         counts = {}
-        for bench in list_benchmarks(data):
-            out_file = out / f"{bench}.jsonl"
-            counts[bench] = predict_benchmark(params, backend, model, data / "test" / bench, out_file)
-            sample = read_jsonl(out_file)[: params.tracking.log_predictions_sample]
-            mlflow.log_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in sample), f"preds/{bench}.jsonl")
+        # All benchmarks' files appear together: a kill never leaves a folder that evaluate would score in part.
+        with atomic_dir(check_replaceable(out)) as staging:
+            for bench in list_benchmarks(data):
+                out_file = staging / f"{bench}.jsonl"
+                counts[bench] = predict_benchmark(params, backend, model, data / "test" / bench, out_file)
+                sample = read_jsonl(out_file)[: params.tracking.log_predictions_sample]
+                mlflow.log_text(
+                    "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in sample), f"preds/{bench}.jsonl"
+                )
         mlflow.log_metrics({f"{b}.questions": c["questions"] for b, c in counts.items()})
+        mlflow.log_metrics({f"{b}.skipped_records": c["skipped_records"] for b, c in counts.items()})
     shutil.rmtree(WORK_DIR, ignore_errors=True)
     return counts
 
@@ -115,6 +120,7 @@ def evaluate_flow(
             Path(preds_dir or params.predict.out_dir),
             Path(metrics_file or cfg.metrics_file),
             per_question,
+            cfg.on_bad_record,
         )
         mlflow.log_metrics({f"{bench}.{k}": v for bench, row in metrics.items() for k, v in row.items()})
         tracking.log_file(metrics_file or cfg.metrics_file)

@@ -16,6 +16,7 @@ from prefect import get_run_logger, task
 from tqdm import tqdm
 
 from evisrag_core import predict as core
+from evisrag_core.bad_records import BadRecords
 from evisrag_core.config import Params, PredictParams
 from evisrag_core.data.schema import TEST_FILE, load_test_split
 from evisrag_core.io import atomic_path
@@ -60,12 +61,26 @@ def predict_benchmark(
     params: Params, backend: core.Backend, model_dir: Path, split_dir: Path, out_file: Path
 ) -> dict[str, int]:
     cfg = params.predict
-    records = load_test_split(split_dir)
-    requests = core.build_requests(records, split_dir, cfg.top_k, cfg.max_images_per_prompt)
+    bad = BadRecords(cfg.on_bad_record)
+    records = load_test_split(split_dir, bad)
+    requests = core.build_requests(records, split_dir, cfg.top_k, cfg.max_images_per_prompt, bad)
     partial = WORK_DIR / fingerprint(model_dir, split_dir / TEST_FILE, cfg) / out_file.name
     with tqdm(total=len(requests), desc=f"predict {split_dir.name}", unit="q") as bar:
         generated = core.predict_split(requests, partial, backend, cfg.batch_size, bar.update)
     with atomic_path(out_file) as tmp:
         tmp.write_bytes(partial.read_bytes())
     get_run_logger().info("%s: %d generated now, %d resumed", split_dir.name, generated, len(requests) - generated)
-    return {"questions": len(requests), "generated": generated, "resumed": len(requests) - generated}
+    counts = {"questions": len(requests), "generated": generated, "resumed": len(requests) - generated}
+    return counts | {"skipped_records": bad.count}
+
+
+def check_replaceable(out_dir: Path) -> Path:
+    """The predictions folder is replaced as a whole; refuse one that holds anything but prediction files."""
+    if out_dir.is_dir():
+        foreign = sorted(p.name for p in out_dir.iterdir() if not (p.is_file() and p.suffix == ".jsonl"))
+        if foreign:
+            raise FileExistsError(
+                f"{out_dir} is replaced as a whole by predict but holds other files ({', '.join(foreign[:5])}); "
+                "choose an empty or new folder with --out"
+            )
+    return out_dir

@@ -20,6 +20,12 @@ def _resume_step(checkpoint_dir: Path) -> int:
     return int(rsgrpo_loop.load_checkpoint_state(found)["step"]) if found else 0
 
 
+def train_on_worker_rank(params: Params) -> dict[str, Any]:
+    """Ranks > 0 of `torchrun … -m flows.cli rsgrpo` (rsgrpo.deepspeed set): the same training as rank 0's task,
+    outside Prefect and MLflow. Rank 0 alone logs metrics and writes the plots file, reports and final model."""
+    return rsgrpo_loop.train_rsgrpo(params.rsgrpo, Path(params.data.out_dir) / "train" / RL_FILE, params.seed)
+
+
 @task(name="train-rsgrpo", **TASK_DEFAULTS)
 def train(params: Params) -> dict[str, Any]:
     cfg = params.rsgrpo
@@ -31,6 +37,7 @@ def train(params: Params) -> dict[str, Any]:
 
     rl_file = Path(params.data.out_dir) / "train" / RL_FILE
     summary = rsgrpo_loop.train_rsgrpo(cfg, rl_file, params.seed, on_step=on_step)
+    mlflow.log_metric("rsgrpo.skipped_records", summary["skipped_records"])  # rsgrpo.on_bad_record: skip
     history.publish(cfg.log_file)
     get_run_logger().info("RS-GRPO done: %s", summary)
     return summary

@@ -44,6 +44,7 @@ def train(params: Params, log_file: Path) -> dict[str, Any]:
             history.append({"step": step, **metrics})
 
     summary = sft.train_sft(cfg, sft_file(params), params.seed, on_log=on_log)
+    mlflow.log_metric("sft.skipped_records", summary["skipped_records"])  # sft.on_bad_record: skip
     history.publish(log_file)
     get_run_logger().info("SFT done: %s", summary)
     return summary

@@ -19,7 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evisrag_core.io import BadRecordError, read_jsonl
+from evisrag_core.bad_records import BadRecords, jsonl_rows
+from evisrag_core.io import BadRecordError
 
 TEST_FILE = "top3_test.jsonl"
 SFT_FILE = "sft.jsonl"
@@ -79,19 +80,27 @@ def parse_test_record(row: dict[str, Any], where: str) -> TestRecord:
     return TestRecord(qid, query, list(images), list(answers), is_sufficient, positives, extra)
 
 
-def load_test_split(split_dir: str | Path) -> list[TestRecord]:
-    """Read and validate `<split_dir>/top3_test.jsonl`; qids must be unique."""
+def load_test_split(split_dir: str | Path, bad: BadRecords | None = None) -> list[TestRecord]:
+    """Read and validate `<split_dir>/top3_test.jsonl`; qids must be unique.
+
+    A bad line (unreadable, a missing or mistyped field, a repeated qid) raises BadRecordError naming file:line,
+    or, with `bad` set to the `skip` policy, is left out and counted there (the first row with a qid is kept).
+    """
+    bad = bad or BadRecords()
     path = Path(split_dir) / TEST_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; run `evisrag download` first (or point --data at a test set)")
     records = []
     seen: set[str] = set()
-    for line_no, row in enumerate(read_jsonl(path), start=1):
-        record = parse_test_record(row, f"{path}:{line_no}")
-        key = str(record.qid)
-        if key in seen:
-            raise BadRecordError(f"{path}:{line_no}: duplicate qid {record.qid!r}; qids must be unique")
-        seen.add(key)
+    for where, row in jsonl_rows(path, bad):
+        try:
+            record = parse_test_record(row, where)
+            if str(record.qid) in seen:
+                raise BadRecordError(f"{where}: duplicate qid {record.qid!r}; qids must be unique")
+        except BadRecordError as err:
+            bad.reject(err)
+            continue
+        seen.add(str(record.qid))
         records.append(record)
     return records
 
