@@ -68,6 +68,7 @@ class TinyModelParams(_Section):
     vision_depth: int = Field(2, ge=1)
     vision_hidden_size: int = Field(64, ge=16)
     vision_num_heads: int = Field(4, ge=1)
+    rope_theta: float = Field(10000.0, gt=1.0)
 
     @model_validator(mode="after")
     def _heads_divide(self) -> TinyModelParams:

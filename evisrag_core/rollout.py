@@ -289,6 +289,16 @@ class TransformersRollout:
         return groups
 
 
+def vllm_engine_args(model_dir: str, max_model_len: int) -> dict[str, Any]:
+    """The `vllm.LLM` arguments of the rollout engine (also printed by `evisrag rsgrpo --dry-run`, without vLLM)."""
+    return {
+        "model": model_dir,
+        "dtype": "bfloat16",
+        "limit_mm_per_prompt": {"image": 5, "video": 0},
+        "max_model_len": max_model_len,
+    }
+
+
 class VllmRollout:
     """Sampling with vLLM, as the reference does on GPUs. Untested here: vLLM does not run Qwen2.5-VL on this
     project's CPU machines. The policy's weights are pushed into the engine before every rollout."""
@@ -303,9 +313,7 @@ class VllmRollout:
             ) from err
         self.model, self.processor, self.encode = model, processor, encoder
         self.end_ids = end_of_turn_ids(model, processor)
-        self.llm = LLM(
-            model=model_dir, dtype="bfloat16", limit_mm_per_prompt={"image": 5, "video": 0}, max_model_len=max_model_len
-        )
+        self.llm = LLM(**vllm_engine_args(model_dir, max_model_len))
 
     def _sync_weights(self) -> None:
         engine_model = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
