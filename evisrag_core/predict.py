@@ -196,9 +196,17 @@ def predict_split(
     todo = [r for r in requests if str(r.qid) not in finished]
     progress(len(requests) - len(todo))
     with out_file.open("a", encoding="utf-8") as handle:
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start : start + batch_size]
-            for request, text in zip(batch, backend.generate(batch), strict=True):
-                append_jsonl(handle, {"qid": request.qid, "imgs": request.image_refs, "pred": text, **(extra or {})})
-            progress(len(batch))
+        # The batches are always the uninterrupted run's blocks of `requests`: a batch a crash left half-written is
+        # generated whole again and only its missing rows are appended, so every question is padded and computed
+        # exactly as without the crash (greedy outputs can depend on a batch's padding).
+        for start in range(0, len(requests), batch_size):
+            batch = requests[start : start + batch_size]
+            missing = [i for i, request in enumerate(batch) if str(request.qid) not in finished]
+            if not missing:
+                continue
+            texts = backend.generate(batch)
+            for i in missing:
+                row = {"qid": batch[i].qid, "imgs": batch[i].image_refs, "pred": texts[i], **(extra or {})}
+                append_jsonl(handle, row)
+            progress(len(missing))
     return len(todo)

@@ -182,6 +182,21 @@ def test_resume_after_a_crash_between_row_and_newline(
     assert read_jsonl(crashed) == read_jsonl(uninterrupted)
 
 
+def test_a_half_written_batch_is_generated_whole_again(
+    requests_: list[Request], backend: CountingBackend, tmp_path: Path
+) -> None:
+    """Resumed batches are the uninterrupted run's: padding, and so greedy outputs, cannot differ after a crash."""
+    uninterrupted = tmp_path / "full.jsonl"
+    predict_split(requests_, uninterrupted, backend, batch_size=4)
+    lines = uninterrupted.read_text(encoding="utf-8").splitlines(keepends=True)
+    crashed = tmp_path / "crashed.jsonl"
+    crashed.write_text("".join(lines[:2]), encoding="utf-8")  # killed after 2 rows of the first batch of 4
+    resumed = CountingBackend(backend.inner)
+    assert predict_split(requests_, crashed, resumed, batch_size=4) == 4
+    assert resumed.batches == [[r.qid for r in requests_[:4]], [r.qid for r in requests_[4:]]]
+    assert crashed.read_bytes() == uninterrupted.read_bytes()
+
+
 @pytest.mark.parametrize(
     ("existing", "message"),
     [
