@@ -7,9 +7,13 @@ What the pipeline logs (tasks/tracking.py, flows/pipeline.py, flows/stages.py) a
 - under it, a nested run per stage that ran, tagged `evisrag.stage`; the `evaluate` one holds the metrics per
   benchmark (`metrics.<Benchmark>.<key>`).
 
-Two `mlflow.search_runs` calls (the pipeline runs with the filters, then the evaluate runs of the same
-experiments), one pandas join on the parent run id. A pipeline run whose evaluate stage did not run (DVC up to date)
-still shows its overall metrics; its per-benchmark columns are empty.
+A top-level evaluate run (a stage run outside `evisrag pipeline`: `dvc repro`, or `dvc exp run` as the ablation
+script does) is compared too, with its own metrics; its params are the `evaluate` section only, so what tells such
+runs apart is usually their tags (`tracking.tags`: study, ablation), which are shown when they differ.
+
+Two `mlflow.search_runs` calls with the same filters (pipeline runs, evaluate runs), one pandas join on the parent
+run id. A pipeline run whose evaluate stage did not run (DVC up to date) still shows its overall metrics; its
+per-benchmark columns are empty.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from tasks.tracking import STAGE_TAG
 
 PIPELINE_RUN_NAME = "pipeline"
 PARENT_TAG = "tags.mlflow.parentRunId"
+# Tags every run has or MLflow/our bookkeeping sets; only the others (tracking.tags: study, ablation…) are compared.
+INTERNAL_TAGS = ("mlflow.", "dvc.outs.", STAGE_TAG, "evisrag.git_commit", "evisrag.model_dir")
 OVERALL = "overall"
 DEFAULT_METRICS = ("global_em", "global_f1", "evidence_f1")
 DEFAULT_OUT = Path("artifacts/compare.png")
@@ -82,30 +88,58 @@ def _check_experiments(names: Sequence[str]) -> None:
         raise CompareError(f"no MLflow experiment named {missing}; the store has: {known or 'none'}")
 
 
+def _search(experiments: Sequence[str], filters: str) -> pd.DataFrame:
+    return mlflow.search_runs(
+        experiment_names=list(experiments),
+        filter_string=filters,
+        order_by=["attributes.start_time ASC"],
+        output_format="pandas",
+    )
+
+
 def search_pipeline_runs(
     experiments: Sequence[str], tags: Sequence[tuple[str, str]] = (), since: datetime | None = None
 ) -> pd.DataFrame:
     """The pipeline parent runs matching the filters, oldest first (one row per run, MLflow's column names)."""
     _check_experiments(experiments)
-    return mlflow.search_runs(
-        experiment_names=list(experiments),
-        filter_string=filter_string(PIPELINE_RUN_NAME, tags, since),
-        order_by=["attributes.start_time ASC"],
-        output_format="pandas",
-    )
+    return _search(experiments, filter_string(PIPELINE_RUN_NAME, tags, since))
 
 
-def search_evaluate_runs(experiments: Sequence[str], since: datetime | None = None) -> pd.DataFrame:
-    """Every evaluate stage run of the experiments (the join on the parent id picks those of our pipeline runs)."""
-    return mlflow.search_runs(
-        experiment_names=list(experiments),
-        filter_string=filter_string(None, [(STAGE_TAG, "evaluate")], since),
-        order_by=["attributes.start_time ASC"],
-        output_format="pandas",
-    )
+def search_evaluate_runs(
+    experiments: Sequence[str], tags: Sequence[tuple[str, str]] = (), since: datetime | None = None
+) -> pd.DataFrame:
+    """The evaluate stage runs matching the filters: nested ones (of pipeline runs) and top-level ones."""
+    _check_experiments(experiments)
+    return _search(experiments, filter_string(None, [(STAGE_TAG, "evaluate"), *tags], since))
 
 
 # --- tables (plain pandas) ------------------------------------------------------------------------------------------
+
+
+def runs_to_compare(parents: pd.DataFrame, evaluates: pd.DataFrame) -> pd.DataFrame:
+    """One row per compared run, oldest first, in MLflow's column layout, with a `kind` column.
+
+    - `pipeline`: a pipeline parent run; the metrics of its (last) evaluate child are merged in, and its own
+      `overall.*` metrics fill what the child lacks (they come from metrics.json after every pipeline run, so they
+      are there even when DVC found evaluate up to date and no child exists);
+    - `evaluate`: a top-level evaluate run (`dvc repro` or `dvc exp run` outside `evisrag pipeline`, as the ablation
+      script runs them), with its own metrics.
+    """
+    if PARENT_TAG in evaluates.columns:  # MLflow leaves the column out when no matching run has the tag
+        is_nested = evaluates[PARENT_TAG].notna()
+        nested = evaluates[is_nested].drop_duplicates(PARENT_TAG, keep="last").set_index(PARENT_TAG)
+        standalone = evaluates[~is_nested].assign(kind="evaluate")
+    else:
+        nested, standalone = pd.DataFrame(), evaluates.assign(kind="evaluate")
+    frames = [standalone]
+    if not parents.empty:
+        parents = parents.assign(kind="pipeline").set_index("run_id", drop=False)
+        own = [c for c in parents.columns if c.startswith("metrics.")]
+        child_metrics = nested[[c for c in nested.columns if c.startswith("metrics.")]]
+        merged = child_metrics.reindex(parents.index).combine_first(parents[own])
+        frames.insert(0, parents.drop(columns=own).join(merged).reset_index(drop=True))
+    rows = pd.concat([f for f in frames if not f.empty], ignore_index=True)
+    return rows.sort_values("start_time", kind="stable").reset_index(drop=True)
 
 
 def run_labels(runs: pd.DataFrame) -> pd.Series:
@@ -114,48 +148,38 @@ def run_labels(runs: pd.DataFrame) -> pd.Series:
     return starts + " " + runs["run_id"].str[:8]
 
 
-def differing_params(runs: pd.DataFrame) -> pd.DataFrame:
-    """The `params.*` columns (sorted) with more than one value among the runs that logged them.
+def differing(runs: pd.DataFrame, prefix: str, skip: Sequence[str] = ()) -> pd.DataFrame:
+    """The `<prefix>*` columns (sorted, prefix dropped) with more than one value among the runs that have them.
 
-    A run that did not log a param (e.g. one from before the param existed) does not make it a difference, or every
-    new param would show up as one.
+    A run without the column (one from before a param existed, or a stage run that logs only its own section) does
+    not make it a difference, or every param it lacks would show up as one.
     """
-    columns = sorted(c for c in runs.columns if c.startswith("params."))
-    differing = [c for c in columns if runs[c].nunique(dropna=True) > 1]
-    return runs[differing].rename(columns=lambda c: c.removeprefix("params."))
+    columns = sorted(
+        c for c in runs.columns if c.startswith(prefix) and not c.removeprefix(prefix).startswith(tuple(skip))
+    )
+    chosen = [c for c in columns if runs[c].nunique(dropna=True) > 1]
+    return runs[chosen].rename(columns=lambda c: c.removeprefix(prefix))
 
 
-def benchmark_metrics(runs: pd.DataFrame, evaluates: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
-    """`<Benchmark>.<key>` columns per pipeline run: from its last evaluate child, `overall` from the parent itself.
-
-    The parent's overall metrics come from metrics.json after every pipeline run, so they are there even when the
-    evaluate stage was up to date and did not run.
-    """
-    if not evaluates.empty and PARENT_TAG in evaluates.columns:
-        last = evaluates.dropna(subset=[PARENT_TAG]).drop_duplicates(PARENT_TAG, keep="last").set_index(PARENT_TAG)
-        children = last.reindex(runs["run_id"]).reset_index(drop=True)
-    else:
-        children = pd.DataFrame(index=range(len(runs)))
-    found: dict[tuple[str, str], pd.Series] = {}
-    for column in children.columns:
+def benchmark_metrics(runs: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """`<Benchmark>.<key>` columns for the chosen keys, benchmarks sorted and `overall` last."""
+    found: dict[tuple[str, str], str] = {}
+    for column in runs.columns:
         match = _BENCH_METRIC.match(column)
-        if match and match.group(1) != OVERALL and match.group(2) in keys:
-            found[(match.group(1), match.group(2))] = children[column]
-    for key in keys:
-        if f"metrics.{OVERALL}.{key}" in runs.columns:
-            found[(OVERALL, key)] = runs[f"metrics.{OVERALL}.{key}"].reset_index(drop=True)
+        if match and match.group(2) in keys:
+            found[(match.group(1), match.group(2))] = column
     benches = sorted({bench for bench, _ in found}, key=lambda name: (name == OVERALL, name))
-    columns = {f"{b}.{k}": found[(b, k)] for b in benches for k in keys if (b, k) in found}
-    return pd.DataFrame(columns, index=range(len(runs)))
+    return pd.DataFrame({f"{b}.{k}": runs[found[(b, k)]] for b in benches for k in keys if (b, k) in found})
 
 
-def comparison_table(runs: pd.DataFrame, evaluates: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
-    """One row per pipeline run (label as index): status, the params that differ, the metrics per benchmark."""
-    runs = runs.reset_index(drop=True)
+def comparison_table(parents: pd.DataFrame, evaluates: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """One row per run (label as index): kind, status, the params and tags that differ, the metrics per benchmark."""
+    runs = runs_to_compare(parents, evaluates)
     parts = [
-        runs[["status"]],
-        differing_params(runs).reset_index(drop=True),
-        benchmark_metrics(runs, evaluates, list(keys)),
+        runs[["kind", "status"]],
+        differing(runs, "params."),
+        differing(runs, "tags.", skip=INTERNAL_TAGS),
+        benchmark_metrics(runs, list(keys)),
     ]
     table = pd.concat(parts, axis=1)
     table.index = run_labels(runs).rename("run")
@@ -181,10 +205,11 @@ def plot_comparison(table: pd.DataFrame, keys: Sequence[str], out: Path) -> Path
             positions = [b + (i - (len(table) - 1) / 2) * width for b in range(len(columns))]
             axes.bar(positions, row.astype(float).fillna(0.0).tolist(), width=width, label=label)
         axes.set_xticks(range(len(columns)), benches)
-        axes.set(ylabel=key, ylim=(0, 1.05))
+        top = float(table[columns].max().max())
+        axes.set(ylabel=key, ylim=(0, max(1.05, 1.05 * top)))  # rates in [0, 1]; counts (cnt_*) go higher
         axes.grid(axis="y", alpha=0.3)
     axes_list[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    axes_list[0].set_title("pipeline runs per benchmark")
+    axes_list[0].set_title("runs per benchmark")
     figure.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
@@ -205,13 +230,14 @@ def compare(
 ) -> pd.DataFrame:
     """Search, tabulate and chart the matching pipeline runs; returns the table (the chart is at `out`)."""
     mlflow.set_tracking_uri(tracking_uri)
-    runs = search_pipeline_runs(experiments, tags, since)
-    if runs.empty:
+    parents = search_pipeline_runs(experiments, tags, since)
+    evaluates = search_evaluate_runs(experiments, tags, since)
+    if parents.empty and evaluates.empty:
         raise CompareError(
-            f"no pipeline runs in experiment(s) {list(experiments)} match "
-            f"{filter_string(PIPELINE_RUN_NAME, tags, since)!r}; run `evisrag pipeline` or relax --tag/--since"
+            f"no pipeline or evaluate runs in experiment(s) {list(experiments)} match "
+            f"{filter_string(None, tags, since)!r}; run `evisrag pipeline` or relax --tag/--since"
         )
-    table = comparison_table(runs, search_evaluate_runs(experiments, since), metric_keys)
+    table = comparison_table(parents, evaluates, metric_keys)
     plot_comparison(table, metric_keys, out)
     return table
 
@@ -237,5 +263,5 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(format_table(table))
-    print(f"\n{len(table)} pipeline run(s); chart: {args.out}")
+    print(f"\n{len(table)} run(s); chart: {args.out}")
     return 0

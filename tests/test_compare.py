@@ -1,7 +1,8 @@
-"""`evisrag compare` on a real MLflow sqlite store holding pipeline runs logged the way the pipeline logs them."""
+"""`evisrag compare` on a real MLflow sqlite store holding runs logged the way the pipeline and the stages log them."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,9 +47,18 @@ def log_pipeline_run(params: Params, metrics: dict, monkeypatch: pytest.MonkeyPa
     return parent.info.run_id
 
 
-@pytest.fixture
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, list[str]]:
-    """A params file and four pipeline runs: three recent ones differing in params and one from 2020."""
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, list[str]]]:
+    """A params file and five runs, made once (creating an MLflow store is slow): three recent pipeline runs
+    differing in params, one pipeline run from 2020 and one top-level evaluate run (a `dvc exp run` outside the
+    pipeline, as the ablation script makes). Tests run in its folder, where MLflow keeps the artifacts."""
+    tmp_path = tmp_path_factory.mktemp("store")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.chdir(tmp_path)
+        yield _make_store(tmp_path, monkeypatch)
+
+
+def _make_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, list[str]]:
     raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     raw["tracking"]["mlflow_tracking_uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
     params_file = tmp_path / "params.yaml"
@@ -70,6 +80,12 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, list[s
         # DVC found evaluate up to date: no evaluate child, only the parent's overall metrics
         log_pipeline_run(variant(5e-4, 0.1, "b"), metrics_of(0.6), monkeypatch, evaluated=False),
     ]
+    ablation = variant(5e-4, 0.0, "c").model_copy(
+        update={"tracking": base.tracking.model_copy(update={"tags": {"study": "c", "ablation": "base"}})}
+    )
+    with tracking.stage_run("evaluate", ablation, ["evaluate"]):
+        mlflow.log_metrics({f"{b}.{k}": v for b, row in metrics_of(0.8).items() for k, v in row.items()})
+    standalone = mlflow.last_active_run().info.run_id
     client = mlflow.MlflowClient()
     experiment = mlflow.get_experiment_by_name(base.tracking.experiment_name).experiment_id
     old = client.create_run(
@@ -78,8 +94,7 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, list[s
     client.log_param(old.info.run_id, "sft.learning_rate", "0.01")
     client.log_metric(old.info.run_id, "overall.global_em", 0.9)
     client.set_terminated(old.info.run_id)
-    monkeypatch.chdir(tmp_path)
-    return params_file, [old.info.run_id, *ids]
+    return params_file, [old.info.run_id, *ids, standalone]
 
 
 def test_table_has_differing_params_and_metrics_per_benchmark(store: tuple[Path, list[str]], tmp_path: Path) -> None:
@@ -88,17 +103,20 @@ def test_table_has_differing_params_and_metrics_per_benchmark(store: tuple[Path,
     table = compare(params.tracking.mlflow_tracking_uri, ["evisrag"], out=tmp_path / "c.png")
 
     assert [label.split()[-1] for label in table.index] == [i[:8] for i in ids]  # oldest first
-    assert {"sft.learning_rate", "predict.temperature", "tracking.tags.study"} <= set(table.columns)
+    assert table["kind"].tolist() == ["pipeline"] * 4 + ["evaluate"]
+    assert {"sft.learning_rate", "predict.temperature", "tracking.tags.study", "study"} <= set(table.columns)
     assert "predict.max_new_tokens" not in table.columns and "seed" not in table.columns  # equal everywhere
-    assert table["sft.learning_rate"].tolist() == ["0.01", "0.001", "0.0005", "0.0005"]
+    assert "evisrag.git_commit" not in table.columns and "ablation" not in table.columns  # internal / one value
+    assert table["sft.learning_rate"].tolist()[:4] == ["0.01", "0.001", "0.0005", "0.0005"]
+    assert table["study"].tolist()[1:] == ["a", "a", "b", "c"]
     metric_columns = [c for c in table.columns if c.rsplit(".", 1)[-1] in ("global_em", "global_f1", "evidence_f1")]
-    assert metric_columns == [
-        f"{b}.{k}" for b in (*BENCHES, "overall") for k in ("global_em", "global_f1", "evidence_f1")
-    ]
+    expected = [f"{b}.{k}" for b in (*BENCHES, "overall") for k in ("global_em", "global_f1", "evidence_f1")]
+    assert metric_columns == expected
     assert table["ColorSquare.global_em"].tolist()[1:3] == pytest.approx([0.3, 0.5])
-    assert table["overall.global_em"].tolist() == pytest.approx([0.9, 0.25, 0.45, 0.65])
+    assert table["ColorSquare.global_em"].tolist()[4] == pytest.approx(0.9)  # the evaluate run's own metrics
+    assert table["overall.global_em"].tolist() == pytest.approx([0.9, 0.25, 0.45, 0.65, 0.85])
     # the run without an evaluate child and the old run have no per-benchmark values
-    assert table["ColorBackground.global_em"].isna().tolist() == [True, False, False, True]
+    assert table["ColorBackground.global_em"].isna().tolist() == [True, False, False, True, False]
 
 
 def test_command_prints_the_table_and_writes_a_chart(store: tuple[Path, list[str]], tmp_path: Path, capsys) -> None:
@@ -118,7 +136,7 @@ def test_command_prints_the_table_and_writes_a_chart(store: tuple[Path, list[str
     assert [row.split()[2] for row in rows] == [i[:8] for i in ids[1:]]  # the 2020 run is filtered out
     assert all("FINISHED" in row for row in rows)
     assert "n/a" in rows[2]  # the run whose evaluate stage did not run
-    assert lines[-1] == f"3 pipeline run(s); chart: {out}"
+    assert lines[-1] == f"4 run(s); chart: {out}"
     with Image.open(out) as image:
         image.verify()
         assert image.format == "PNG" and image.width >= 600 and image.height >= 300
@@ -130,6 +148,7 @@ def test_command_prints_the_table_and_writes_a_chart(store: tuple[Path, list[str
     [
         (["--tag", "study=a"], 2),
         (["--tag", "study=b"], 1),
+        (["--tag", "study=c", "--tag", "ablation=base"], 1),  # the top-level evaluate run alone
         (["--tag", "study=a", "--since", "2030-01-01"], None),
         (["--experiment", "nope"], None),
         (["--tag", "study"], None),
@@ -144,7 +163,7 @@ def test_filters(store: tuple[Path, list[str]], tmp_path: Path, capsys, argv: li
         assert code == 2 and captured.err.startswith("error: ")
         assert not (tmp_path / "x.png").exists()
     else:
-        assert code == 0 and captured.out.splitlines()[-1].startswith(f"{expected_runs} pipeline run(s)")
+        assert code == 0 and captured.out.splitlines()[-1].startswith(f"{expected_runs} run(s)")
 
 
 def test_filter_string_and_argument_parsing() -> None:
