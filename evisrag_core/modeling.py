@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoConfig,
     AutoProcessor,
@@ -67,8 +67,26 @@ class ModelLoadError(RuntimeError):
     """A model folder or hub id cannot be used; the message says why and what to do."""
 
 
+def prompt_line_tokens() -> list[str]:
+    """The fixed lines of every evidence prompt template (up to the question), each to become one token."""
+    lines: list[str] = []
+    for template in PROMPT_TEMPLATES.values():
+        for line in template.split("{query}")[0].splitlines(keepends=True):
+            if line.strip() and line not in lines:
+                lines.append(line)
+    return lines
+
+
 def train_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """A byte-level BPE (any text encodes) with the Qwen special tokens at ids 0..7."""
+    """A byte-level BPE (any text encodes) with the Qwen special tokens at ids 0..7, and one token per fixed line of
+    the evidence prompt.
+
+    The prompt is 425 BPE tokens of fixed instructions with the question at its end. A 2-layer model trained on
+    it described the images right but never learnt to copy the question's colour out of that haystack (teacher-forced
+    accuracy at chance after 900 steps); with each instruction line as one token the prompt is about 40 tokens, the
+    question stands out, and every sequence is 2.5 times shorter. The text is unchanged: the tokens decode to it.
+    Hub models keep their own tokenizers; this concerns the tiny model only.
+    """
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
@@ -79,6 +97,7 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokeniz
         show_progress=False,
     )
     bpe.train_from_iterator(corpus, trainer)
+    bpe.add_tokens([AddedToken(line, normalized=False, special=False) for line in prompt_line_tokens()])
     return PreTrainedTokenizerFast(
         tokenizer_object=bpe,
         eos_token="<|im_end|>",
@@ -120,7 +139,7 @@ def tiny_config(sizes: TinyModelParams, tokenizer: PreTrainedTokenizerFast) -> Q
             "num_attention_heads": sizes.num_attention_heads,
             "num_key_value_heads": sizes.num_key_value_heads,
             "max_position_embeddings": 8192,
-            "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default", "mrope_section": mrope_section},
+            "rope_parameters": {"rope_theta": sizes.rope_theta, "rope_type": "default", "mrope_section": mrope_section},
             "bos_token_id": ids["<|endoftext|>"],
             "eos_token_id": ids["<|im_end|>"],
             "pad_token_id": ids["<|endoftext|>"],

@@ -12,6 +12,9 @@ os.environ.setdefault("PREFECT_HOME", str(Path.cwd() / ".prefect"))
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "evisrag_core")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# Each stage of a plain `dvc repro` / `dvc exp run` starts a temporary Prefect server; Prefect's 20 s start-up limit
+# was exceeded on a busy 2-core machine (stage failed before doing any work), so allow it longer.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 # OpenMP threads that spin while waiting make torch many times slower when the 2 cores are shared (measured on the
 # RS-GRPO stage: 6 min 39 s vs 113 s); passive waiting costs nothing on an idle machine.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

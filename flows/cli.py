@@ -60,9 +60,8 @@ def cmd_rsgrpo(args: argparse.Namespace) -> int:
         return _stage_command("rsgrpo")(args)
     from dataclasses import asdict
 
-    from evisrag_core.rsgrpo_plan import PlanError, plan_rsgrpo
-
     from evisrag_core.data.schema import RL_FILE
+    from evisrag_core.rsgrpo_plan import PlanError, plan_rsgrpo
 
     params = load_params(args.params)
     rl_file = Path(params.data.out_dir) / "train" / RL_FILE

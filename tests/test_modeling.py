@@ -22,9 +22,10 @@ from evisrag_core.modeling import (
     ModelLoadError,
     build_tiny_model,
     load_model_and_processor,
+    prompt_line_tokens,
 )
 from evisrag_core.predict import Request, Sampling, TransformersBackend
-from evisrag_core.prompts import build_messages
+from evisrag_core.prompts import PROMPT_TEMPLATES, build_messages, evidence_prompt
 
 TOKENS_PER_IMAGE = (112 // 14) ** 2 // (2 * 2)  # 8×8 patches of 14 px, merged 2×2 → 16
 
@@ -129,6 +130,25 @@ def test_special_tokens_are_single_ids(tiny_model: tuple[Any, Any]) -> None:
     assert model.config.vision_start_token_id == ids["<|vision_start|>"]
     assert tokenizer.eos_token_id == ids["<|im_end|>"] == model.generation_config.eos_token_id
     assert tokenizer.pad_token_id == ids["<|endoftext|>"]
+
+
+@pytest.mark.parametrize("template", sorted(PROMPT_TEMPLATES))
+def test_each_fixed_prompt_line_is_one_token_and_the_prompt_decodes_unchanged(
+    tiny_model: tuple[Any, Any], template: str
+) -> None:
+    tokenizer = tiny_model[1].tokenizer
+    query = "What colour is the square on the orange background?"
+    prompt = evidence_prompt(query, template)
+    ids = tokenizer.encode(prompt, add_special_tokens=False)
+    assert tokenizer.decode(ids) == prompt
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    fixed = [line for line in prompt_line_tokens() if line in prompt]
+    assert fixed and all(line in tokens for line in fixed)
+    # Only the question (and the blank separator lines of the repository template) remain ordinary BPE tokens.
+    assert len(ids) - len(fixed) <= len(tokenizer.encode(f"{query}\n" + "\n" * 8, add_special_tokens=False))
+    # A response never contains a prompt line, so its tokens are the plain BPE ones.
+    response = "<observe>The question asks about the square on the red background.</observe>"
+    assert not set(tokenizer.convert_ids_to_tokens(tokenizer.encode(response))) & set(prompt_line_tokens())
 
 
 @pytest.mark.parametrize("architectures", [["Qwen2ForCausalLM"], ["Qwen2VLForConditionalGeneration"], []])

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The paper's ablations as DVC experiments, run one after another in the workspace:
+#
+#   base          the base model, no training            predict.model_dir=models/base
+#   sft           SFT only                               predict.model_dir=models/sft
+#   sft-grpo      SFT, then plain GRPO                   rsgrpo.mode=grpo
+#   rsgrpo-nosft  RS-GRPO from the base model, no SFT    rsgrpo.model_dir=models/base
+#   sft-rsgrpo    SFT, then RS-GRPO (the default)        (no change)
+#
+# usage: scripts/ablations.sh [NAME ...]        (default: all five, in the order above)
+#        ABLATION_STUDY=my-study scripts/ablations.sh   (the shared MLflow tag; default ablations-<UTC time>)
+#
+# Every experiment sets all three switches, so none inherits another's (each `dvc exp run` in the workspace starts
+# from the params the previous one left). Each runs `dvc exp run ... evaluate`: only the stages evaluate depends on
+# under that setting (the base model needs no SFT or RS-GRPO run); stages already run with the same inputs come
+# from DVC's run cache. Every MLflow run is tagged study=<study> and ablation=<name> (params.tracking.tags; no stage
+# reads `tracking`, so the tags rerun nothing). params.yaml is restored at the end; `sft-rsgrpo` runs last, so the
+# workspace's dvc.lock and outputs are then the default pipeline's.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[[ -x .venv/bin/evisrag ]] && export PATH="$PWD/.venv/bin:$PATH"
+
+declare -A SWITCHES=(
+  [base]="predict.model_dir=models/base rsgrpo.model_dir=models/sft rsgrpo.mode=rsgrpo"
+  [sft]="predict.model_dir=models/sft rsgrpo.model_dir=models/sft rsgrpo.mode=rsgrpo"
+  [sft-grpo]="predict.model_dir=models/rsgrpo rsgrpo.model_dir=models/sft rsgrpo.mode=grpo"
+  [rsgrpo-nosft]="predict.model_dir=models/rsgrpo rsgrpo.model_dir=models/base rsgrpo.mode=rsgrpo"
+  [sft-rsgrpo]="predict.model_dir=models/rsgrpo rsgrpo.model_dir=models/sft rsgrpo.mode=rsgrpo"
+)
+ORDER=(base sft sft-grpo rsgrpo-nosft sft-rsgrpo)
+
+names=("$@")
+[[ ${#names[@]} -gt 0 ]] || names=("${ORDER[@]}")
+for name in "${names[@]}"; do
+  [[ -n "${SWITCHES[$name]+set}" ]] || { echo "unknown ablation '$name'; choose from: ${ORDER[*]}" >&2; exit 2; }
+done
+
+study="${ABLATION_STUDY:-ablations-$(date -u +%Y%m%d-%H%M%S)}"
+stamp="${study##*-}"
+out="artifacts/ablations/$study"
+mkdir -p "$out"
+cp params.yaml "$out/params.before.yaml"
+restore_params() { cp "$out/params.before.yaml" params.yaml; }
+trap restore_params EXIT
+
+experiments=()
+for name in "${names[@]}"; do
+  exp="$name-$stamp"
+  set_args=()
+  for switch in ${SWITCHES[$name]}; do set_args+=(-S "$switch"); done
+  # `++key=value` adds the key or overrides it (tracking.tags starts empty).
+  set_args+=(-S "++tracking.tags.study=$study" -S "++tracking.tags.ablation=$name")
+  echo "=== $exp: ${SWITCHES[$name]}"
+  dvc exp run "${set_args[@]}" -n "$exp" evaluate
+  experiments+=("$exp")
+done
+
+echo "=== results ($out)"
+dvc exp show --no-pager --only-changed --md | tee "$out/exp_show.md"
+dvc plots diff --out "$out/plots" "${experiments[@]}" >/dev/null
+echo "plots: $out/plots/index.html; MLflow runs: tags.study = '$study'"
