@@ -94,3 +94,12 @@ def tiny_model(tiny_model_dir: Path) -> tuple[Any, Any]:
     from evisrag_core.modeling import load_model_and_processor
 
     return load_model_and_processor(tiny_model_dir)
+
+
+def weight_updates(models: tuple[Any, Any], base: Any) -> tuple[Any, Any]:
+    """The flattened parameter change of each of two models from the same `base` model, in one parameter order."""
+    import torch
+
+    names = [name for name, _ in base.named_parameters()]
+    base_params = dict(base.named_parameters())
+    return tuple(torch.cat([(dict(m.named_parameters())[n] - base_params[n]).flatten() for n in names]) for m in models)

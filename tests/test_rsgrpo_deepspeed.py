@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import weight_updates
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Not yet run to completion: an interrupted session wrote it; run it by hand before enabling.
@@ -91,8 +92,6 @@ def _rows(db: Path, sql: str) -> list[tuple]:
 @pytest.mark.slow
 @pytest.mark.skip(reason=UNVERIFIED)
 def test_zero2_on_two_cpu_ranks_matches_the_single_process_run(tiny_dataset: Path, tiny_model_dir: Path, tmp_path):
-    import torch
-
     from evisrag_core.modeling import load_model_and_processor
 
     raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
@@ -145,9 +144,6 @@ def test_zero2_on_two_cpu_ranks_matches_the_single_process_run(tiny_dataset: Pat
     model, _ = load_model_and_processor(ranks / "model")
     ref_model, _ = load_model_and_processor(single / "model")
     base, _ = load_model_and_processor(tiny_model_dir)
-    names = [name for name, p in base.named_parameters()]
-    params, ref_params, base_params = (dict(m.named_parameters()) for m in (model, ref_model, base))
-    update = torch.cat([(params[n] - base_params[n]).flatten() for n in names])
-    ref_update = torch.cat([(ref_params[n] - base_params[n]).flatten() for n in names])
+    update, ref_update = weight_updates((model, ref_model), base)
     assert ref_update.norm() > 0
     assert (update - ref_update).norm() / ref_update.norm() < UPDATE_RTOL

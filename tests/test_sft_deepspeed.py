@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import weight_updates
 
 from evisrag_core.data.schema import SFT_FILE
 
@@ -114,10 +115,7 @@ def test_zero3_on_two_cpu_ranks_matches_the_single_process_run(tiny_dataset: Pat
     model, processor = load_model_and_processor(ranks / "model")
     ref_model, _ = load_model_and_processor(single / "model")
     base, _ = load_model_and_processor(tiny_model_dir)
-    names = [name for name, _ in base.named_parameters()]
-    params, ref_params, base_params = (dict(m.named_parameters()) for m in (model, ref_model, base))
-    update = torch.cat([(params[n] - base_params[n]).flatten() for n in names])
-    ref_update = torch.cat([(ref_params[n] - base_params[n]).flatten() for n in names])
+    update, ref_update = weight_updates((model, ref_model), base)
     assert ref_update.norm() > 0
     assert (update - ref_update).norm() / ref_update.norm() < UPDATE_RTOL
     conversation = load_conversations(tiny_dataset / "train" / SFT_FILE)[0]
