@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-STAGES = ["download", "model", "sft", "rsgrpo", "predict", "evaluate"]
+STAGES = ["download", "model", "sft", "rsgrpo", "predict", "evaluate", "report"]
 pytestmark = pytest.mark.slow
 
 
@@ -141,4 +141,4 @@ def test_changing_a_predict_param_reruns_only_predict_and_evaluate(project):
     out = _run([sys.executable, "-m", "dvc", "repro"], root, env)
     text = out.stdout + out.stderr
     ran = {stage for stage in STAGES if f"Running stage '{stage}'" in text}
-    assert ran == {"predict", "evaluate"}, text[-3000:]
+    assert ran == {"predict", "evaluate", "report"}, text[-3000:]

@@ -5,7 +5,8 @@ determinism against it. Then for each stage of download, sft, rsgrpo, predict, e
 reference's inputs and an old copy of the stage's output, the real `evisrag <stage>` process is SIGKILLed (with its
 process group: the temporary Prefect server goes too) at a seeded random point after it started writing, and:
 
-- the stage's output is absent or still the complete old one (no half-written output for DVC or the next stage);
+- each stage output is absent, the complete old one or the complete new one (no half-written output for DVC or the
+  next stage);
 - an append-only file (step log, prediction partials) gets a line torn by hand, as a kill mid-write leaves it;
 - the rerun of the same command completes and its outputs equal the reference's byte for byte.
 
@@ -237,11 +238,14 @@ def plant_old_outputs(reference_root: Path, root: Path, outputs: list[str]) -> d
     return hashes(root, outputs)
 
 
-def assert_old_or_absent(root: Path, outputs: list[str], old: dict[str, str]) -> None:
+def assert_whole_outputs(root: Path, reference_root: Path, outputs: list[str], old: dict[str, str]) -> None:
+    """Each output is absent, the complete old one, or (when the kill came just after its atomic replace) the
+    complete new one, equal to the uninterrupted run's: never a mix or a half-written file."""
     for name in outputs:
         now = hashes(root, [name])
         before = {k: v for k, v in old.items() if k == name or k.startswith(f"{name}/")}
-        assert now in ({}, before), f"{name} is neither absent nor the complete old output after the kill"
+        after = hashes(reference_root, [name])
+        assert now in ({}, before, after), f"{name} is neither absent nor a complete old or new output after the kill"
 
 
 @pytest.mark.parametrize("stage", list(STAGE_FILES))
@@ -264,7 +268,7 @@ def test_a_killed_stage_reruns_to_the_uninterrupted_outputs(
         )
     what, condition = kill_point(stage, root)
     kill_when(victim, condition, what, log)
-    assert_old_or_absent(root, outputs, old)
+    assert_whole_outputs(root, reference_root, outputs, old)
     torn = tear_append_only_files(stage, root)
 
     rerun = subprocess.run(command, cwd=root, env=project_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
