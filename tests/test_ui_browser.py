@@ -2,10 +2,11 @@
 
 One served deployment run drives everything a user would do: `prefect server start`, `mlflow server`, `evisrag
 serve`, `prefect deployment run 'evisrag-pipeline/evisrag' --watch`. Chromium then renders the Prefect UI's runs
-page and the MLflow runs table; the tests assert that the run names are in the rendered DOM and keep screenshots in
-artifacts/screenshots/ (git-ignored; CI keeps them as artifacts).
+page, the MLflow runs table and the evaluate stage run's MLflow page; the tests assert that the run names (and the
+stage run's link to its parent) are in the rendered DOM and keep screenshots in artifacts/screenshots/ (git-ignored;
+CI keeps them as artifacts).
 
-Slow (about three minutes on 2 cores). Needs Debian's `chromium` (`.ci/run` installs it); without it the tests skip,
+Slow (three to five minutes on 2 cores). Needs Debian's `chromium` (`.ci/run` installs it); without it the tests skip,
 except under CI (CI=true), where a missing browser is a failure.
 """
 
@@ -32,9 +33,8 @@ from test_e2e_pipeline import _copy_checkout, _small_params
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOTS = REPO_ROOT / "artifacts" / "screenshots"
 DEPLOYMENT = "evisrag-pipeline/evisrag"
-STAGES = ["download", "model", "sft", "rsgrpo", "predict", "evaluate"]
-UNVERIFIED = "not yet run to completion on this machine (needs chromium); run it by hand before enabling"
-pytestmark = [pytest.mark.slow, pytest.mark.skip(reason=UNVERIFIED)]
+STAGES = ["download", "model", "sft", "rsgrpo", "predict", "evaluate", "report"]
+pytestmark = pytest.mark.slow
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -244,11 +244,12 @@ def test_deployment_run_completed_every_stage(stack: Stack) -> None:
 def test_prefect_ui_lists_the_flow_runs(stack: Stack) -> None:
     names = [r["name"] for r in _flow_runs(stack)]
     pipeline_run = next(n for n in names if n.startswith("pipeline-"))
-    dom = _browse(f"{stack.prefect_url}/runs", "prefect_runs", [pipeline_run])
+    assert len(names) == 1 + len(STAGES), names  # the pipeline's flow run and one per stage
+    dom = _browse(f"{stack.prefect_url}/runs", "prefect_runs", names)
     assert pipeline_run in dom
     assert "evisrag-pipeline" in dom  # the flow's name beside its run
-    shown = [name for name in names if name in dom]
-    assert len(shown) >= 4, f"only {shown} of {names} rendered"
+    missing = [name for name in names if name not in dom]
+    assert not missing, f"{missing} of {names} not rendered"
 
 
 def test_mlflow_ui_lists_the_pipeline_run_and_its_stage_runs(stack: Stack) -> None:
@@ -257,5 +258,20 @@ def test_mlflow_ui_lists_the_pipeline_run_and_its_stage_runs(stack: Stack) -> No
     runs = _post_json(f"{stack.mlflow_url}/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment_id]})["runs"]
     names = [r["info"]["run_name"] for r in runs]
     assert names.count("pipeline") == 1 and set(STAGES) <= set(names), names
-    dom = _browse(f"{stack.mlflow_url}/#/experiments/{experiment_id}/runs", "mlflow_runs", [">pipeline<"])
+    by_name = {r["info"]["run_name"]: r["info"]["run_id"] for r in runs}
+    parent_link = f'href="#/experiments/{experiment_id}/runs/{by_name["pipeline"]}">'
+
+    # The runs table nests the stage runs under the collapsed parent row: the parent's name links to its run, and the
+    # count of matching runs includes the stage runs.
+    count = f"<strong>{len(runs)}</strong> matching runs"
+    dom = _browse(f"{stack.mlflow_url}/#/experiments/{experiment_id}/runs", "mlflow_runs", [">pipeline<", count])
     assert ">pipeline<" in dom  # the parent run's name as a table cell, not just a word somewhere on the page
+    assert parent_link in dom, "the pipeline row does not link to the pipeline run"
+    assert count in dom, f"the table does not count {len(runs)} runs (pipeline and its stage runs)"
+
+    # A stage run's own page: its name as the header, and a link back to the pipeline run as its parent.
+    evaluate_url = f"{stack.mlflow_url}/#/experiments/{experiment_id}/runs/{by_name['evaluate']}"
+    header = 'data-testid="runs-header">evaluate<'
+    dom = _browse(evaluate_url, "mlflow_evaluate_run", [header, ">Parent run<", f"{parent_link}pipeline<"])
+    assert header in dom, "the evaluate run's page has no evaluate header"
+    assert ">Parent run<" in dom and f"{parent_link}pipeline<" in dom, "the evaluate run does not link its parent"
