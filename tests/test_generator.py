@@ -1,10 +1,11 @@
 """The embedded dataset generator: determinism, the reference formats it writes, and questions that are answerable
 from (and only from) the image they point at.
 
-The images are read back, not trusted: each one holds exactly two flat colours (no anti-aliasing), the background
-covers at least 57 % of the pixels (the square's side is at most 13/20 of the image), and any two named colours differ
-by more than twice the ±18 shade jitter in at least one channel, so the nearest named colour of the majority and
-minority pixel values gives back the image's Panel.
+The images are read back, not trusted: each one holds one flat colour (a plain distractor) or two (no anti-aliasing;
+the background covers at least 67 % of the pixels since the square's side is at most 4/7 of the image; a square
+has a black frame), and any two
+named colours differ by more than twice the ±18 shade jitter in at least one channel, so the nearest named colour of
+the majority and minority pixel values gives back the image's Panel.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from PIL import Image
 
 from evisrag_core.data.generator import (
     COLOURS,
+    FRAME_RGB,
     INSUFFICIENT_ANSWER,
     NO_RELEVANT,
     TASKS,
@@ -30,6 +32,7 @@ from evisrag_core.data.generator import (
     Question,
     generate_dataset,
     make_question,
+    render_panel,
     tagged_ground_truth,
     tagged_response,
 )
@@ -48,9 +51,9 @@ SPLITS = ["ColorSquare", "ColorBackground"]
 SPEC = GeneratorSpec(seed=3, image_size=112, images_per_question=3, insufficient_fraction=0.3)
 SIZES = {"n_test_per_split": 15, "n_sft": 40, "n_rl": 20}
 JITTER = 18
-QUERY_PATTERNS = {
-    "ColorSquare": re.compile(r"^What colour is the square on the (\w+) background\?$"),
-    "ColorBackground": re.compile(r"^What colour is the background behind the (\w+) square\?$"),
+QUERIES = {
+    "What colour is the square?": "ColorSquare",
+    "What colour is the background behind the square?": "ColorBackground",
 }
 TAGS = ("observe", "evidence", "think", "answer")
 
@@ -71,28 +74,34 @@ def nearest_colour(rgb: tuple[int, int, int]) -> str:
 
 
 def read_panel(path: Path) -> Panel:
-    """The Panel an image was rendered from: majority colour = background, minority colour = square."""
+    """The Panel an image was rendered from: majority colour = background, minority colour (if any, inside a black
+    frame) = square."""
     with Image.open(path) as image:
         colours = sorted(image.convert("RGB").getcolors(), reverse=True)
-    assert len(colours) == 2, f"{path}: expected a flat background and a flat square, got {len(colours)} colours"
-    (_, background), (_, square) = colours
-    return Panel(nearest_colour(background), nearest_colour(square))
+    named = [rgb for _, rgb in colours if rgb != FRAME_RGB]
+    framed = len(named) < len(colours)
+    assert len(named) == 1 + framed, f"{path}: expected a flat background and at most one framed square: {colours}"
+    if not framed:
+        return Panel(nearest_colour(named[0]))
+    return Panel(nearest_colour(named[0]), nearest_colour(named[1]))
 
 
-def split_of(query: str) -> tuple[str, str]:
-    """(split, colour named in the query)."""
-    for split, pattern in QUERY_PATTERNS.items():
-        if match := pattern.match(query):
-            return split, match.group(1)
-    raise AssertionError(f"query {query!r} matches no embedded split")
+def split_of(query: str) -> str:
+    assert query in QUERIES, f"query {query!r} matches no embedded split"
+    return QUERIES[query]
+
+
+def with_square(panels: tuple[Panel, ...]) -> list[int]:
+    """1-based indices of the images that hold a square."""
+    return [i + 1 for i, panel in enumerate(panels) if panel.has_square]
 
 
 def rebuild_question(qid: str, query: str, panels: tuple[Panel, ...]) -> Question:
     """The Question a record must have come from, derived from its query and its images alone."""
-    split, colour = split_of(query)
+    split = split_of(query)
     task = TASKS[split]
-    matches = [i for i, panel in enumerate(panels) if task.key(panel) == colour]
-    assert len(matches) <= 1, f"{qid}: colour {colour} names {len(matches)} images"
+    matches = [i - 1 for i in with_square(panels)]
+    assert len(matches) <= 1, f"{qid}: {len(matches)} images hold a square"
     if not matches:
         return Question(qid, split, query, panels, INSUFFICIENT_ANSWER, ())
     return Question(qid, split, query, panels, task.value(panels[matches[0]]), (matches[0] + 1,))
@@ -187,22 +196,21 @@ def test_test_rows_validate_and_point_at_their_images(dataset: tuple[Path, dict[
 
 @pytest.mark.parametrize("split", SPLITS)
 def test_test_rows_agree_with_the_pixels(dataset: tuple[Path, dict[str, Any]], split: str) -> None:
-    """A sufficient query names the key colour of exactly one image (the positive, whose other colour is the
-    answer); an insufficient one names no image's key colour."""
+    """A sufficient question's positive is the one image that holds a square, and the asked feature of it is the
+    answer; an insufficient question's images are all plain. Backgrounds never repeat within a question."""
     out, _ = dataset
     split_dir = out / "test" / split
     task = TASKS[split]
     for record in load_test_split(split_dir):
         panels = tuple(read_panel(split_dir / rel) for rel in record.image)
-        asked_split, colour = split_of(record.query)
-        assert asked_split == split
-        named = [i + 1 for i, panel in enumerate(panels) if task.key(panel) == colour]
+        assert split_of(record.query) == split
+        squares = with_square(panels)
         if record.is_sufficient:
-            assert named == record.positives, record
-            assert record.answer == [task.value(panels[named[0] - 1])], record
+            assert squares == record.positives, record
+            assert record.answer == [task.value(panels[squares[0] - 1])], record
         else:
-            assert named == [], record
-        assert len({task.key(p) for p in panels}) == len(panels), f"{record.qid}: two images share a key colour"
+            assert squares == [], record
+        assert len({p.background for p in panels}) == len(panels), f"{record.qid}: two images share a background"
 
 
 @pytest.mark.parametrize("split", SPLITS)
@@ -213,10 +221,11 @@ def test_make_question_names_exactly_the_positive_image(split: str, k: int, insu
     task = TASKS[split]
     for index in range(40):
         question = make_question(rng, split, f"q{index}", k, insufficient)
-        _, colour = split_of(question.query)
-        named = [i + 1 for i, panel in enumerate(question.panels) if task.key(panel) == colour]
+        assert split_of(question.query) == split
+        named = with_square(question.panels)
         assert len(question.panels) == k
         assert all(p.background != p.square for p in question.panels)
+        assert len({p.background for p in question.panels}) == k
         if insufficient:
             assert (named, question.positives, question.answer) == ([], (), INSUFFICIENT_ANSWER)
             assert not question.is_sufficient
@@ -224,6 +233,28 @@ def test_make_question_names_exactly_the_positive_image(split: str, k: int, insu
             assert named == list(question.positives) and len(named) == 1
             assert question.answer == task.value(question.panels[named[0] - 1])
             assert question.is_sufficient
+
+
+@pytest.mark.parametrize("size", [32, 112, 224])
+def test_the_square_always_covers_the_central_half_of_the_image(size: int) -> None:
+    """Wherever the square lands, it and its black frame cover the central half of the image (at 112 px: the four
+    central 28-px merged patches), and its colour is at the centre."""
+    rng = random.Random(size)
+    for _ in range(50):
+        panel = Panel("blue", "orange")
+        image = render_panel(panel, size, rng)
+        centre = image.crop((size // 4, size // 4, size - size // 4, size - size // 4))
+        colours = {rgb for _, rgb in centre.getcolors()}
+        assert FRAME_RGB in colours and len(colours) == 2  # square and its frame, no background
+        assert nearest_colour(centre.getpixel((centre.width // 2, centre.height // 2))) == "orange"
+        assert nearest_colour(image.getpixel((0, 0))) == "blue"  # the corner stays background
+    plain = render_panel(Panel("red"), size, rng)
+    assert len(plain.getcolors()) == 1
+
+
+def test_more_images_than_colours_is_refused() -> None:
+    with pytest.raises(ValueError, match="at most 6 images"):
+        make_question(random.Random(0), "ColorSquare", "q", len(COLOURS) + 1, False)
 
 
 @pytest.mark.parametrize(("fraction", "low", "high"), [(0.0, 0.0, 0.0), (0.3, 0.22, 0.38), (1.0, 1.0, 1.0)])
@@ -261,7 +292,7 @@ def test_sft_rows_are_conversations_with_one_image_placeholder_per_image(dataset
     train = out / "train"
     rows = read_jsonl(train / SFT_FILE)
     assert len(rows) == 40
-    assert {split_of(query_of(row))[0] for row in rows} == set(SPLITS)  # the SFT set mixes both tasks
+    assert {split_of(query_of(row)) for row in rows} == set(SPLITS)  # the SFT set mixes both tasks
     for row in rows:
         user, assistant = row["messages"]
         assert (user["role"], assistant["role"]) == ("user", "assistant")

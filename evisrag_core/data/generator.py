@@ -1,16 +1,23 @@
 """The embedded default dataset: multi-image colour questions a tiny model can learn on 2 CPU cores.
 
-Each image is a flat background colour with one large square of another colour (position, size and shade jittered).
-A question names a feature of one image and asks for the other feature of the same image, so the model must look at
-every image and pick the right one among distractors whose backgrounds and squares differ:
+Each question comes with K images; each image is a flat background colour (all K different). At most one image —
+the relevant one — also holds a large square of another colour, in a black frame, near its centre; the others are
+plain distractors.
+Two splits ask about the relevant image:
 
-- `ColorSquare`:     "What colour is the square on the {background} background?" → the square's colour.
-- `ColorBackground`: "What colour is the background behind the {square} square?" → the background's colour.
+- `ColorSquare`:     "What colour is the square?" → the square's colour.
+- `ColorBackground`: "What colour is the background behind the square?" → the background's colour.
 
-A probe on this machine (../shared/README.md) showed that colour-based selection is learnt in minutes by a
-1 M-parameter Qwen2.5-VL while shape-based selection stays at chance, hence colours only. An insufficient question
-names a colour that no image has; its answer is "insufficient to answer" and every evidence line is
-"no relevant information".
+So the model must look at every image, find the one that holds the evidence (the square), cite it and read the right
+feature from it. An insufficient question comes with plain images only: no image holds a square, the answer is
+"insufficient to answer" and every evidence line is "no relevant information".
+
+Why relevance is visual here: a probe on this machine (../shared/README.md) found colours learnt quickly by a
+1 M-parameter Qwen2.5-VL and shapes not. A first version of this generator named the relevant image's colour in the
+question (find "the square on the blue background"); the tiny model learnt to read every colour and to restate the
+question, but not to test "this image's colour equals the asked colour" inside a 2-layer model within the 5-minute
+budget (evidence picked the right image at chance, EM ≈ 0.3). A square's presence is a feature of the image itself,
+which it learns once the square has a black frame (see README, "Embedded dataset", and render_panel).
 
 Everything is a pure function of the seed: the same seed writes byte-identical files.
 """
@@ -44,10 +51,14 @@ ORDINALS = ("first", "second", "third", "fourth", "fifth")
 
 @dataclass(frozen=True)
 class Panel:
-    """One image: its background colour and the colour of its square."""
+    """One image: its background colour and the colour of its square (None: a plain distractor)."""
 
     background: str
-    square: str
+    square: str | None = None
+
+    @property
+    def has_square(self) -> bool:
+        return self.square is not None
 
 
 @dataclass(frozen=True)
@@ -66,87 +77,96 @@ class Question:
 
 @dataclass(frozen=True)
 class _Task:
-    """How a split asks: which feature names the image (`key`) and which feature is the answer."""
+    """How a split asks: the question text and which feature of the relevant image is the answer."""
 
-    query: Callable[[str], str]
-    key: Callable[[Panel], str]
+    query: str
     value: Callable[[Panel], str]
     evidence: Callable[[Panel], str]
 
 
 TASKS: dict[str, _Task] = {
     "ColorSquare": _Task(
-        query=lambda c: f"What colour is the square on the {c} background?",
-        key=lambda p: p.background,
+        query="What colour is the square?",
         value=lambda p: p.square,
         evidence=lambda p: f"the square on the {p.background} background is {p.square}",
     ),
     "ColorBackground": _Task(
-        query=lambda c: f"What colour is the background behind the {c} square?",
-        key=lambda p: p.square,
+        query="What colour is the background behind the square?",
         value=lambda p: p.background,
         evidence=lambda p: f"the background behind the {p.square} square is {p.background}",
     ),
 }
 
 
-def _panels(rng: random.Random, k: int, task: _Task) -> tuple[Panel, ...]:
-    """K panels whose key features are all different, so exactly one image can match a named colour."""
+def _panels(rng: random.Random, k: int, target: int | None) -> tuple[Panel, ...]:
+    """K images with K different backgrounds; only image `target` (0-based) holds a square, of another colour."""
     names = list(COLOURS)
-    panels: list[Panel] = []
-    used_keys: set[str] = set()
-    while len(panels) < k:
-        background, square = rng.sample(names, 2)
-        panel = Panel(background, square)
-        if task.key(panel) not in used_keys:
-            used_keys.add(task.key(panel))
-            panels.append(panel)
+    backgrounds = rng.sample(names, k)
+    panels = [Panel(background) for background in backgrounds]
+    if target is not None:
+        square = rng.choice([c for c in names if c != backgrounds[target]])
+        panels[target] = Panel(backgrounds[target], square)
     return tuple(panels)
 
 
 def make_question(rng: random.Random, split: str, qid: str, k: int, insufficient: bool) -> Question:
     task = TASKS[split]
-    panels = _panels(rng, k, task)
-    keys = [task.key(p) for p in panels]
+    if k > len(COLOURS):
+        raise ValueError(f"at most {len(COLOURS)} images per question (one background colour each), got {k}")
     if insufficient:
-        asked = rng.choice([c for c in COLOURS if c not in keys])
-        return Question(qid, split, task.query(asked), panels, INSUFFICIENT_ANSWER, ())
+        return Question(qid, split, task.query, _panels(rng, k, None), INSUFFICIENT_ANSWER, ())
     target = rng.randrange(k)
-    return Question(qid, split, task.query(keys[target]), panels, task.value(panels[target]), (target + 1,))
+    panels = _panels(rng, k, target)
+    return Question(qid, split, task.query, panels, task.value(panels[target]), (target + 1,))
 
 
 def _jitter(rgb: tuple[int, int, int], rng: random.Random, amount: int = 18) -> tuple[int, ...]:
     return tuple(max(0, min(255, c + rng.randint(-amount, amount))) for c in rgb)
 
 
+FRAME_RGB = (0, 0, 0)
+
+
 def render_panel(panel: Panel, size: int, rng: random.Random) -> Image.Image:
-    """A flat background with one large square, shade, size and position jittered."""
+    """A flat background, with the panel's square (if any) near the centre in a black frame; shades, size and
+    position jittered."""
     image = Image.new("RGB", (size, size), _jitter(COLOURS[panel.background], rng))
-    # Half to two-thirds of the side: the square fills whole merged patches (28 px) yet stays the minority colour.
-    side = rng.randint(size // 2, size * 13 // 20)
-    left, top = rng.randint(0, size - side), rng.randint(0, size - side)
-    ImageDraw.Draw(image).rectangle(
-        [left, top, left + side - 1, top + side - 1], fill=_jitter(COLOURS[panel.square], rng)
-    )
+    if panel.square is None:
+        return image
+    # Side 1/2..4/7 of the image, placed so that it always covers the central half [size/4, 3·size/4). The black
+    # frame makes "this image holds a square" a colour present in the image (no named colour is dark), which a tiny
+    # vision tower detects directly; without it, presence means "some patch differs from the rest", which it did
+    # not learn within the budget (README, "Embedded dataset").
+    side = rng.randint(size // 2, size * 4 // 7)
+    frame = max(1, size // 16)
+    lowest, highest = max(0, size - size // 4 - side), size // 4
+    left, top = rng.randint(lowest, highest), rng.randint(lowest, highest)
+    draw = ImageDraw.Draw(image)
+    draw.rectangle([left, top, left + side - 1, top + side - 1], fill=FRAME_RGB)
+    inner = [left + frame, top + frame, left + side - 1 - frame, top + side - 1 - frame]
+    draw.rectangle(inner, fill=_jitter(COLOURS[panel.square], rng))
     return image
+
+
+def _observation(index: int, panel: Panel) -> str:
+    if panel.square is None:
+        return f"The {ORDINALS[index]} image shows no square on a plain {panel.background} background, irrelevant."
+    return f"The {ORDINALS[index]} image shows a {panel.square} square on a {panel.background} background, relevant."
 
 
 def tagged_response(question: Question) -> str:
     """The full target response: observe, per-image evidence, think, answer (spec §1 format)."""
     task = TASKS[question.split]
-    observations = " ".join(
-        f"The {ORDINALS[i]} image shows a {p.square} square on a {p.background} background."
-        for i, p in enumerate(question.panels)
-    )
+    observations = " ".join(_observation(i, p) for i, p in enumerate(question.panels))
     evidence = " ".join(
         f"[{i + 1}]: {task.evidence(p) if (i + 1) in question.positives else NO_RELEVANT}"
         for i, p in enumerate(question.panels)
     )
     if question.is_sufficient:
         found = task.evidence(question.panels[question.positives[0] - 1])
-        think = f"Image [{question.positives[0]}] matches the question: {found}. So the answer is {question.answer}."
+        think = f"Image [{question.positives[0]}] shows the square: {found}. So the answer is {question.answer}."
     else:
-        think = "No image matches the colour named in the question, so the images are insufficient to answer."
+        think = "No image shows a square, so the images are insufficient to answer."
     return (
         f"<observe>{observations}</observe>\n<evidence>{evidence}</evidence>\n"
         f"<think>{think}</think>\n<answer>{question.answer}</answer>"
