@@ -61,6 +61,7 @@ from evisrag_core.config import RSGRPOParams
 from evisrag_core.data.hub import RL_VAL_FILE
 from evisrag_core.io import atomic_dir, write_json_atomic
 from evisrag_core.metrics import score_prediction
+from evisrag_core.resume import guard_checkpoint_dir, run_fingerprint
 from evisrag_core.rewards import REWARD_COMPONENTS, score
 from evisrag_core.rollout import (
     Group,
@@ -430,6 +431,29 @@ def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
+# Keys that only say where and how often to write: changing them keeps a run's checkpoints resumable.
+RSGRPO_WRITE_ONLY_KEYS = {
+    "out_dir",
+    "checkpoint_dir",
+    "log_file",
+    "report_dir",
+    "save_every",
+    "save_total_limit",
+    "report_every",
+    "report_rollouts",
+}
+
+
+def resumable_checkpoint(cfg: RSGRPOParams, rl_file: Path, seed: int) -> Path | None:
+    """The checkpoint to resume from: the latest one, if `cfg.checkpoint_dir` belongs to this configuration (same
+    params, seed, start model and prompts; evisrag_core.resume), else None (the folder is emptied)."""
+    params = cfg.model_dump(mode="json", exclude=RSGRPO_WRITE_ONLY_KEYS)
+    fingerprint = run_fingerprint(params, seed, {"model": Path(cfg.model_dir), "prompts": Path(rl_file)})
+    if not guard_checkpoint_dir(Path(cfg.checkpoint_dir), fingerprint):
+        return None
+    return latest_checkpoint(Path(cfg.checkpoint_dir))
+
+
 def save_checkpoint(run: Run) -> Path:
     """Model (safetensors + processor), optimizer, RNG states and data position of the finished step, atomically."""
     checkpoint_dir = Path(run.cfg.checkpoint_dir)
@@ -511,7 +535,7 @@ def build_run(
     from evisrag_core.sft import freeze_vision_tower, use_bf16
 
     set_seed(seed)
-    checkpoint = latest_checkpoint(Path(cfg.checkpoint_dir))
+    checkpoint = resumable_checkpoint(cfg, rl_file, seed)
     dtype = torch.bfloat16 if use_bf16(cfg.bf16) else torch.float32
     device = "cuda" if torch.cuda.is_available() else "cpu"
     load = functools.partial(load_model_and_processor, trust_remote_code=trust_remote_code, dtype=dtype, device=device)

@@ -32,6 +32,7 @@ from evisrag_core.data.schema import resolve_image_path
 from evisrag_core.images import check_image, vision_inputs
 from evisrag_core.io import BadRecordError
 from evisrag_core.prompts import build_messages
+from evisrag_core.resume import guard_checkpoint_dir, run_fingerprint
 
 log = logging.getLogger(__name__)
 IGNORE_INDEX = -100
@@ -246,6 +247,20 @@ def last_checkpoint(checkpoint_dir: Path) -> str | None:
     return None
 
 
+# Keys that only say where and how often to write: changing them keeps a run's checkpoints resumable.
+SFT_WRITE_ONLY_KEYS = {"out_dir", "checkpoint_dir", "log_file", "save_steps", "save_total_limit", "logging_steps"}
+
+
+def resumable_checkpoint(cfg: SFTParams, sft_file: Path, seed: int) -> str | None:
+    """The checkpoint to resume from: the newest complete one, if `cfg.checkpoint_dir` belongs to this configuration
+    (same params, seed, start model and data; evisrag_core.resume), else None (the folder is emptied)."""
+    params = cfg.model_dump(mode="json", exclude=SFT_WRITE_ONLY_KEYS)
+    fingerprint = run_fingerprint(params, seed, {"model": Path(cfg.model_dir), "data": Path(sft_file)})
+    if not guard_checkpoint_dir(Path(cfg.checkpoint_dir), fingerprint):
+        return None
+    return last_checkpoint(Path(cfg.checkpoint_dir))
+
+
 def optimizer_steps(n_examples: int, cfg: SFTParams, world_size: int = 1) -> int:
     if cfg.max_steps > 0:
         return cfg.max_steps
@@ -293,7 +308,7 @@ def train_sft(
         data_collator=SFTCollator(processor, cfg.image_min_pixels, cfg.image_max_pixels, cfg.cutoff_len),
         callbacks=[_Relay()],
     )
-    resume = last_checkpoint(Path(cfg.checkpoint_dir))
+    resume = resumable_checkpoint(cfg, sft_file, seed)
     if resume:
         log.info("resuming from %s", resume)
     result = trainer.train(resume_from_checkpoint=resume)

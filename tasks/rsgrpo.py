@@ -15,8 +15,9 @@ from evisrag_core.io import StepLog
 from tasks import TASK_DEFAULTS
 
 
-def _resume_step(checkpoint_dir: Path) -> int:
-    found = rsgrpo_loop.latest_checkpoint(checkpoint_dir)
+def _resume_step(params: Params) -> int:
+    rl_file = Path(params.data.out_dir) / "train" / RL_FILE
+    found = rsgrpo_loop.resumable_checkpoint(params.rsgrpo, rl_file, params.seed)
     return int(rsgrpo_loop.load_checkpoint_state(found)["step"]) if found else 0
 
 
@@ -29,7 +30,7 @@ def train_on_worker_rank(params: Params) -> dict[str, Any]:
 @task(name="train-rsgrpo", **TASK_DEFAULTS)
 def train(params: Params) -> dict[str, Any]:
     cfg = params.rsgrpo
-    history = StepLog(Path(cfg.checkpoint_dir) / "metrics_history.jsonl", _resume_step(Path(cfg.checkpoint_dir)))
+    history = StepLog(Path(cfg.checkpoint_dir) / "metrics_history.jsonl", _resume_step(params))
 
     def on_step(step: int, metrics: dict[str, float]) -> None:
         mlflow.log_metrics({f"rsgrpo.{k}": v for k, v in metrics.items()}, step=step)

@@ -27,15 +27,15 @@ def train_on_worker_rank(params: Params) -> dict[str, Any]:
     return sft.train_sft(params.sft, sft_file(params), params.seed)
 
 
-def _resume_step(checkpoint_dir: Path) -> int:
-    found = sft.last_checkpoint(checkpoint_dir)
+def _resume_step(params: Params) -> int:
+    found = sft.resumable_checkpoint(params.sft, sft_file(params), params.seed)
     return int(Path(found).name.split("-")[-1]) if found else 0
 
 
 @task(name="train-sft", **TASK_DEFAULTS)
 def train(params: Params, log_file: Path) -> dict[str, Any]:
     cfg = params.sft
-    history = StepLog(Path(cfg.checkpoint_dir) / "loss_history.jsonl", _resume_step(Path(cfg.checkpoint_dir)))
+    history = StepLog(Path(cfg.checkpoint_dir) / "loss_history.jsonl", _resume_step(params))
 
     def on_log(step: int, logs: dict[str, float]) -> None:
         metrics = {k: v for k, v in logs.items() if k in ("loss", "learning_rate", "grad_norm")}

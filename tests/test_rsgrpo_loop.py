@@ -22,6 +22,7 @@ import yaml
 
 from evisrag_core.config import PAPER_RSGRPO, ParamsError, RSGRPOParams, parse_params
 from evisrag_core.data.schema import RL_FILE
+from evisrag_core.resume import FINGERPRINT_FILE
 from evisrag_core.rewards import REWARD_COMPONENTS, score
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -387,7 +388,8 @@ def test_resume_from_a_checkpoint_gives_the_uninterrupted_weights_bit_for_bit(
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     base = _weights(tiny_model_dir)
     assert any(not torch.equal(straight[k], base[k]) for k in straight)  # training did change the model
-    assert sorted(p.name for p in (tmp_path / "resumed" / "ckpt").iterdir()) == ["step-000002", "step-000004"]
+    kept = sorted(p.name for p in (tmp_path / "resumed" / "ckpt").iterdir())
+    assert kept == [FINGERPRINT_FILE, "step-000002", "step-000004"]
 
 
 _DRIVER = """
