@@ -4,13 +4,13 @@
 #   base          the base model, no training            predict.model_dir=models/base
 #   sft           SFT only                               predict.model_dir=models/sft
 #   sft-grpo      SFT, then plain GRPO                   rsgrpo.mode=grpo
-#   rsgrpo-nosft  RS-GRPO from the base model, no SFT    rsgrpo.model_dir=models/base
+#   rsgrpo-nosft  RS-GRPO from the base model, no SFT    rsgrpo.model_dir=models/base (online filtering off)
 #   sft-rsgrpo    SFT, then RS-GRPO (the default)        (no change)
 #
 # usage: scripts/ablations.sh [NAME ...]        (default: all five, in the order above)
 #        ABLATION_STUDY=my-study scripts/ablations.sh   (the shared MLflow tag; default ablations-<UTC time>)
 #
-# Every experiment sets all three switches, so none inherits another's (each `dvc exp run` in the workspace starts
+# Every experiment sets all four switches, so none inherits another's (each `dvc exp run` in the workspace starts
 # from the params the previous one left). Each runs `dvc exp run ... evaluate`: only the stages evaluate depends on
 # under that setting (the base model needs no SFT or RS-GRPO run); stages already run with the same inputs come
 # from DVC's run cache. Every MLflow run is tagged study=<study> and ablation=<name> (params.tracking.tags; no stage
@@ -20,12 +20,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ -x .venv/bin/evisrag ]] && export PATH="$PWD/.venv/bin:$PATH"
 
+# Online filtering drops every group of a model that earns nothing: the random tiny base model of the embedded
+# default never gets past it (FilterExhaustedError at step 2), so rsgrpo-nosft runs without it unless
+# NOSFT_FILTERING=true (a real base model such as Qwen2.5-VL-7B earns rewards: keep it on there).
+nosft_filtering="${NOSFT_FILTERING:-false}"
 declare -A SWITCHES=(
-  [base]="predict.model_dir=models/base rsgrpo.model_dir=models/sft rsgrpo.mode=rsgrpo"
-  [sft]="predict.model_dir=models/sft rsgrpo.model_dir=models/sft rsgrpo.mode=rsgrpo"
-  [sft-grpo]="predict.model_dir=models/rsgrpo rsgrpo.model_dir=models/sft rsgrpo.mode=grpo"
-  [rsgrpo-nosft]="predict.model_dir=models/rsgrpo rsgrpo.model_dir=models/base rsgrpo.mode=rsgrpo"
-  [sft-rsgrpo]="predict.model_dir=models/rsgrpo rsgrpo.model_dir=models/sft rsgrpo.mode=rsgrpo"
+  [base]="predict.model_dir=models/base rsgrpo.model_dir=models/sft rsgrpo.mode=rsgrpo rsgrpo.online_filtering=true"
+  [sft]="predict.model_dir=models/sft rsgrpo.model_dir=models/sft rsgrpo.mode=rsgrpo rsgrpo.online_filtering=true"
+  [sft-grpo]="predict.model_dir=models/rsgrpo rsgrpo.model_dir=models/sft rsgrpo.mode=grpo rsgrpo.online_filtering=true"
+  [rsgrpo-nosft]="predict.model_dir=models/rsgrpo rsgrpo.model_dir=models/base rsgrpo.mode=rsgrpo rsgrpo.online_filtering=$nosft_filtering"
+  [sft-rsgrpo]="predict.model_dir=models/rsgrpo rsgrpo.model_dir=models/sft rsgrpo.mode=rsgrpo rsgrpo.online_filtering=true"
 )
 ORDER=(base sft sft-grpo rsgrpo-nosft sft-rsgrpo)
 
