@@ -16,12 +16,14 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from evisrag_core.io import write_json_atomic
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 FINGERPRINT_FILE = "run_fingerprint.json"
 _EDGE_BYTES = 1 << 20
 # Model files whose content identifies a start model; weights are fingerprinted by size and edges (7B shards are
@@ -61,10 +63,10 @@ def run_fingerprint(params: dict[str, Any], seed: int, inputs: dict[str, Path]) 
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    changed = [f"params.{k}" for k in sorted(old.get("params", {}).keys() | new["params"].keys())]
-    changed = [k for k in changed if old.get("params", {}).get(k[7:]) != new["params"].get(k[7:])]
-    changed += [k for k in ("seed", "inputs") if old.get(k) != new[k]]
-    return changed
+    old_params, new_params = old.get("params", {}), new["params"]
+    keys = sorted(old_params.keys() | new_params.keys())
+    changed = [f"params.{k}" for k in keys if old_params.get(k) != new_params.get(k)]
+    return changed + [k for k in ("seed", "inputs") if old.get(k) != new[k]]
 
 
 def _is_main_process() -> bool:
@@ -81,11 +83,13 @@ def guard_checkpoint_dir(checkpoint_dir: Path, fingerprint: dict[str, Any]) -> b
             stored = json.loads(stored_file.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             stored = None  # torn or unreadable: treat as foreign
+    if not isinstance(stored, dict):
+        stored = None
     if stored == fingerprint:
         return True
-    leftovers = [p for p in checkpoint_dir.iterdir() if p.name != FINGERPRINT_FILE] if checkpoint_dir.is_dir() else []
     if not _is_main_process():
         return False
+    leftovers = [p for p in checkpoint_dir.iterdir() if p.name != FINGERPRINT_FILE] if checkpoint_dir.is_dir() else []
     if leftovers:
         reason = ", ".join(_differences(stored, fingerprint)) if stored else "no run fingerprint"
         log.warning("%s holds checkpoints of another configuration (%s): starting over", checkpoint_dir, reason)
@@ -94,3 +98,17 @@ def guard_checkpoint_dir(checkpoint_dir: Path, fingerprint: dict[str, Any]) -> b
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(stored_file, fingerprint)
     return False
+
+
+def fingerprinted_checkpoint(
+    checkpoint_dir: Path,
+    params: dict[str, Any],
+    seed: int,
+    inputs: dict[str, Path],
+    latest: Callable[[Path], T | None],
+) -> T | None:
+    """`latest(checkpoint_dir)` (the stage's own finder of its newest complete checkpoint) when the folder belongs
+    to this run's fingerprint, else None after guard_checkpoint_dir has emptied it."""
+    if not guard_checkpoint_dir(checkpoint_dir, run_fingerprint(params, seed, inputs)):
+        return None
+    return latest(checkpoint_dir)

@@ -61,7 +61,7 @@ from evisrag_core.config import RSGRPOParams
 from evisrag_core.data.hub import RL_VAL_FILE
 from evisrag_core.io import atomic_dir, write_json_atomic
 from evisrag_core.metrics import score_prediction
-from evisrag_core.resume import guard_checkpoint_dir, run_fingerprint
+from evisrag_core.resume import fingerprinted_checkpoint
 from evisrag_core.rewards import REWARD_COMPONENTS, score
 from evisrag_core.rollout import (
     Group,
@@ -448,10 +448,8 @@ def resumable_checkpoint(cfg: RSGRPOParams, rl_file: Path, seed: int) -> Path | 
     """The checkpoint to resume from: the latest one, if `cfg.checkpoint_dir` belongs to this configuration (same
     params, seed, start model and prompts; evisrag_core.resume), else None (the folder is emptied)."""
     params = cfg.model_dump(mode="json", exclude=RSGRPO_WRITE_ONLY_KEYS)
-    fingerprint = run_fingerprint(params, seed, {"model": Path(cfg.model_dir), "prompts": Path(rl_file)})
-    if not guard_checkpoint_dir(Path(cfg.checkpoint_dir), fingerprint):
-        return None
-    return latest_checkpoint(Path(cfg.checkpoint_dir))
+    inputs = {"model": Path(cfg.model_dir), "prompts": Path(rl_file)}
+    return fingerprinted_checkpoint(Path(cfg.checkpoint_dir), params, seed, inputs, latest_checkpoint)
 
 
 def save_checkpoint(run: Run) -> Path:

@@ -32,7 +32,7 @@ from evisrag_core.data.schema import resolve_image_path
 from evisrag_core.images import check_image, vision_inputs
 from evisrag_core.io import BadRecordError
 from evisrag_core.prompts import build_messages
-from evisrag_core.resume import guard_checkpoint_dir, run_fingerprint
+from evisrag_core.resume import fingerprinted_checkpoint
 
 log = logging.getLogger(__name__)
 IGNORE_INDEX = -100
@@ -255,10 +255,8 @@ def resumable_checkpoint(cfg: SFTParams, sft_file: Path, seed: int) -> str | Non
     """The checkpoint to resume from: the newest complete one, if `cfg.checkpoint_dir` belongs to this configuration
     (same params, seed, start model and data; evisrag_core.resume), else None (the folder is emptied)."""
     params = cfg.model_dump(mode="json", exclude=SFT_WRITE_ONLY_KEYS)
-    fingerprint = run_fingerprint(params, seed, {"model": Path(cfg.model_dir), "data": Path(sft_file)})
-    if not guard_checkpoint_dir(Path(cfg.checkpoint_dir), fingerprint):
-        return None
-    return last_checkpoint(Path(cfg.checkpoint_dir))
+    inputs = {"model": Path(cfg.model_dir), "data": Path(sft_file)}
+    return fingerprinted_checkpoint(Path(cfg.checkpoint_dir), params, seed, inputs, last_checkpoint)
 
 
 def optimizer_steps(n_examples: int, cfg: SFTParams, world_size: int = 1) -> int:

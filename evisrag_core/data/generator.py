@@ -17,7 +17,7 @@ Why relevance is visual here: a probe on this machine (../shared/README.md) foun
 question (find "the square on the blue background"); the tiny model learnt to read every colour and to restate the
 question, but not to test "this image's colour equals the asked colour" inside a 2-layer model within the 5-minute
 budget (evidence picked the right image at chance, EM ≈ 0.3). A square's presence is a feature of the image itself,
-which it learns once the square has a black frame (see README, "Embedded dataset", and render_panel).
+which it learns once the square has a black frame (see README, "The embedded default", and render_panel).
 
 Everything is a pure function of the seed: the same seed writes byte-identical files.
 """
@@ -136,7 +136,7 @@ def render_panel(panel: Panel, size: int, rng: random.Random) -> Image.Image:
     # Side 1/2..4/7 of the image, placed so that it always covers the central half [size/4, 3·size/4). The black
     # frame makes "this image holds a square" a colour present in the image (no named colour is dark), which a tiny
     # vision tower detects directly; without it, presence means "some patch differs from the rest", which it did
-    # not learn within the budget (README, "Embedded dataset").
+    # not learn within the budget (README, "The embedded default").
     side = rng.randint(size // 2, size * 4 // 7)
     frame = max(1, size // 16)
     lowest, highest = max(0, size - size // 4 - side), size // 4
