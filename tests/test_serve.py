@@ -97,9 +97,13 @@ import json
 from flows.pipeline import pipeline_flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+from prefect.logging.handlers import APILogWorker
 
 state = pipeline_flow(retries={retries}, retry_delay_seconds=0, return_state=True)
 run_id = state.state_details.flow_run_id
+# Run logs reach the API in batches from a background worker: the last ones (the failed task's exception) may still
+# be queued when the flow returns, so send them before reading.
+APILogWorker.drain_all(timeout=30)
 with get_client(sync_client=True) as client:
     logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
 print(json.dumps({{"state": state.type.value, "logs": [log.message for log in logs]}}))
