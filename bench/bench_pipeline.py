@@ -11,7 +11,9 @@ noop      `dvc repro` again, nothing to do: median wall seconds of `--repeats` r
 overhead  the evaluate stage as DVC runs it (`evisrag evaluate`: a process, a Prefect flow run, an MLflow run)
           minus the same library call without Prefect or MLflow (a process importing evisrag_core and calling
           `evaluate_dir` + `write_evaluation`), median of `--repeats` alternating runs. Prefect runs ephemerally
-          here (no PREFECT_API_URL), as under a plain `dvc repro`; `evisrag pipeline` shares one server instead.
+          here (no PREFECT_API_URL), as under a plain `dvc repro`; `evisrag pipeline` shares one server instead,
+          measured too (a `prefect server start` on 127.0.0.1 for the runs), with the import time of each module a
+          stage process loads (a fresh interpreter per import: the overhead's floor).
 
 The stage processes run the editable install's code (the repository's working tree), with the copy's params and
 dvc.yaml, exactly as the end-to-end test does.
@@ -20,15 +22,19 @@ dvc.yaml, exactly as the end-to-end test does.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +107,54 @@ def make_project(root: Path, quick: bool) -> dict[str, str]:
     return env
 
 
+IMPORTS = {
+    "python": "pass",
+    "library (evisrag_core.evaluate)": "import evisrag_core.evaluate",
+    "prefect": "import prefect",
+    "mlflow": "import mlflow",
+    "stage command (flows.cli)": "import flows.cli",
+}
+
+
+def import_costs(root: Path, env: dict[str, str], repeats: int) -> dict[str, float]:
+    """Median wall seconds of a fresh interpreter importing each module: the floor of a stage process's overhead."""
+    return {
+        name: statistics.median(timed([sys.executable, "-c", code], root, env)[0] for _ in range(repeats))
+        for name, code in IMPORTS.items()
+    }
+
+
+@contextlib.contextmanager
+def prefect_server(root: Path, env: dict[str, str]) -> Iterator[str]:
+    """A Prefect server on 127.0.0.1 (its own PREFECT_HOME under root) for the duration; yields its API URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    home = root / ".bench-prefect-home"
+    server_env = {**env, "PREFECT_HOME": str(home)}
+    prefect = str(Path(sys.executable).parent / "prefect")
+    command = [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-services"]
+    with open(root / ".bench-prefect-server.log", "wb") as log_file:
+        server = subprocess.Popen(command, cwd=root, env=server_env, stdout=log_file, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the Prefect server did not start; see {root / '.bench-prefect-server.log'}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     dvc = str(Path(sys.executable).parent / "dvc")
     result: dict[str, Any] = {"quick": args.quick, "repeats": args.repeats}
@@ -129,6 +183,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "overhead_s": statistics.median(stage) - statistics.median(library),
             "prefect": "ephemeral (no PREFECT_API_URL)",
         }
+        with prefect_server(root, env) as api_url:
+            shared = [timed(jobs[0][1], root, {**env, "PREFECT_API_URL": api_url})[0] for _ in range(args.repeats)]
+        result["overhead_shared_server"] = {
+            "stage": "evaluate",
+            "stage_process_median_s": statistics.median(shared),
+            "library_process_median_s": statistics.median(library),
+            "overhead_s": statistics.median(shared) - statistics.median(library),
+            "prefect": "one running server (PREFECT_API_URL, as under `evisrag pipeline` or `evisrag serve`)",
+        }
+        result["import_seconds"] = import_costs(root, env, args.repeats)
     result["machine"] = machine()
     result["command"] = " ".join(sys.argv)
     return result

@@ -151,6 +151,34 @@ def pipeline_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
             "≤ 1 s",
             over["overhead_s"] <= 1.0,
         ),
+        *(
+            [
+                _row(
+                    f"Prefect + MLflow overhead per stage ({shared['stage']}, {shared['prefect']})",
+                    f"{shared['overhead_s']:.2f} s",
+                    f"library alone {shared['library_process_median_s']:.2f} s",
+                    None,
+                    "≤ 1 s",
+                    shared["overhead_s"] <= 1.0,
+                )
+            ]
+            if (shared := r.get("overhead_shared_server"))
+            else []
+        ),
+        *(
+            [
+                _row(
+                    "Import time of a fresh interpreter (the overhead's floor)",
+                    ", ".join(f"{name} {seconds:.2f} s" for name, seconds in imports.items()),
+                    "—",
+                    None,
+                    "report",
+                    None,
+                )
+            ]
+            if (imports := r.get("import_seconds"))
+            else []
+        ),
         _row(
             f"Full dvc repro wall time ({full['params']} params)",
             f"{full['wall_s'] / 60:.1f} min",

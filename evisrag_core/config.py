@@ -135,6 +135,9 @@ class SFTParams(_Section):
     weight_decay: float = Field(0.0, ge=0.0)
     num_train_epochs: float = Field(1.0, gt=0.0)
     max_steps: int = Field(-1, ge=-1)  # -1: run num_train_epochs
+    # stop after this many optimizer steps, the learning-rate schedule still that of the whole run: a deliberately
+    # under-trained model (the RS-GRPO-from-weak-SFT ablation, README); null: train to the end
+    stop_at_step: int | None = Field(None, ge=1)
     per_device_train_batch_size: int = Field(8, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
     warmup_steps: int = Field(20, ge=0)
@@ -165,6 +168,11 @@ class SFTParams(_Section):
     def _pixels_ordered(self) -> SFTParams:
         if self.image_min_pixels > self.image_max_pixels:
             raise ValueError("sft.image_min_pixels must not exceed sft.image_max_pixels")
+        if self.stop_at_step is not None and 0 < self.max_steps < self.stop_at_step:
+            raise ValueError(
+                f"sft.stop_at_step ({self.stop_at_step}) is past the end of training (sft.max_steps {self.max_steps}); "
+                "lower it or set it to null"
+            )
         return self
 
 
@@ -236,6 +244,8 @@ class RSGRPOParams(_Section):
     max_prompt_length: int = Field(15000, ge=1)  # longer prompts (text + image tokens) are an error
     micro_batch_size: int = Field(0, ge=0)  # responses per forward/backward; 0: the whole rollout batch at once
     rollout_backend: Literal["transformers", "vllm"] = "transformers"
+    # transformers backend: shared_prefix (one prefill per prompt, evisrag_core/decoding.py) | generate (n copies)
+    rollout_decoder: Literal["shared_prefix", "generate"] = "shared_prefix"
     learning_rate: float = Field(5e-5, gt=0.0)
     weight_decay: float = Field(0.01, ge=0.0)
     max_grad_norm: float = Field(1.0, gt=0.0)

@@ -2,8 +2,10 @@
 
 A prompt is the evidence prompt over a record's images, built exactly as prediction builds it (`build_messages` →
 the chat template → `evisrag_core.images.vision_inputs` → the processor). The prompts of a batch are encoded once,
-left-padded, and `generate` samples n continuations of each (`num_return_sequences=n`; the vision tower runs once
-per prompt). A response keeps its generated ids up to and including the first end-of-turn token, or all
+left-padded, and n continuations of each are sampled: by default with `sample_shared_prefix` (the vision tower and
+the prefill run once per prompt, its KV cache is shared by its n samples, ended rows leave the batch), or with
+`rsgrpo.rollout_decoder: generate` by transformers `generate(num_return_sequences=n)`, which prefills n copies.
+A response keeps its generated ids up to and including the first end-of-turn token, or all
 `max_new_tokens` ids when it never ended. Stacked over the B = prompts × n responses (a prompt's n responses are
 adjacent):
 
@@ -29,12 +31,14 @@ import torch
 
 from evisrag_core.bad_records import BadRecords, jsonl_rows
 from evisrag_core.data.schema import resolve_image_path
+from evisrag_core.decoding import Sampling, sample_shared_prefix
 from evisrag_core.images import check_image, vision_inputs
 from evisrag_core.io import BadRecordError
 from evisrag_core.parsing import extract_block
 from evisrag_core.prompts import build_messages
 
 IMAGE_PLACEHOLDER = "<image>"
+ROLLOUT_DECODERS = ("shared_prefix", "generate")
 INSUFFICIENT_ANSWER = "insufficient to answer"
 
 
@@ -92,14 +96,6 @@ def load_rl_prompts(path: Path, bad: BadRecords | None = None) -> list[RLPrompt]
             continue
         prompts.append(prompt)
     return prompts
-
-
-@dataclass(frozen=True)
-class Sampling:
-    n: int
-    temperature: float
-    top_p: float
-    max_new_tokens: int
 
 
 @dataclass(frozen=True)
@@ -235,10 +231,13 @@ def cut_at_end_of_turn(ids: torch.Tensor, end_ids: set[int]) -> torch.Tensor:
 
 
 class TransformersRollout:
-    """Sampling with transformers `generate` on the policy being trained (CPU or GPU)."""
+    """Sampling on the policy being trained (CPU or GPU) with transformers models: `sample_shared_prefix` (one
+    prefill per prompt) or, with decoder="generate", transformers `generate(num_return_sequences=n)`."""
 
-    def __init__(self, model: Any, processor: Any, encoder: PromptEncoder):
-        self.model, self.processor, self.encode = model, processor, encoder
+    def __init__(self, model: Any, processor: Any, encoder: PromptEncoder, decoder: str = "shared_prefix"):
+        if decoder not in ROLLOUT_DECODERS:
+            raise ValueError(f"unknown rollout decoder {decoder!r}; choose from {ROLLOUT_DECODERS}")
+        self.model, self.processor, self.encode, self.decoder = model, processor, encoder, decoder
         self.pad_id = processor.tokenizer.pad_token_id
         self.end_ids = end_of_turn_ids(model, processor)
         self.suppressed = vision_token_ids(processor)
@@ -263,6 +262,16 @@ class TransformersRollout:
         batch = {k: v.to(self.model.device) for k, v in collate_prompts(encoded, self.pad_id).items()}
         was_training = self.model.training
         self.model.eval()
+        try:
+            generated = self._sample(batch, sampling)
+        finally:
+            self.model.train(was_training)
+        return self._groups(prompts, encoded, generated.view(len(prompts), sampling.n, -1))
+
+    def _sample(self, batch: dict[str, torch.Tensor], sampling: Sampling) -> torch.Tensor:
+        """(P·n, T') generated ids, prompt p's samples adjacent."""
+        if self.decoder == "shared_prefix":
+            return sample_shared_prefix(self.model, batch, sampling, self.suppressed, self.end_ids, self.pad_id).cpu()
         output = self.model.generate(
             **batch,
             do_sample=True,
@@ -276,9 +285,7 @@ class TransformersRollout:
             eos_token_id=sorted(self.end_ids),
             pad_token_id=self.pad_id,
         )
-        self.model.train(was_training)
-        generated = output[:, batch["input_ids"].shape[1] :].cpu()  # (P·n, T'), prompt p's samples adjacent
-        return self._groups(prompts, encoded, generated.view(len(prompts), sampling.n, -1))
+        return output[:, batch["input_ids"].shape[1] :].cpu()
 
     def _groups(self, prompts: Sequence[RLPrompt], encoded: list[PromptInputs], generated: torch.Tensor) -> list[Group]:
         groups = []

@@ -556,7 +556,7 @@ def build_run(
         max_len = cfg.max_prompt_length + cfg.max_new_tokens
         rollout: TransformersRollout | VllmRollout = VllmRollout(cfg.model_dir, policy, processor, encoder, max_len)
     else:
-        rollout = TransformersRollout(policy, processor, encoder)
+        rollout = TransformersRollout(policy, processor, encoder, cfg.rollout_decoder)
     train, val = split_prompts(rl_file, cfg.val_size, seed, bad)
     run = Run(cfg, seed, policy, processor, optimizer, rollout, train, val, reference)
     run.tag_ids = tag_token_ids(processor.tokenizer)

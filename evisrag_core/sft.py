@@ -299,6 +299,10 @@ def train_sft(
             if logs and state.is_world_process_zero:
                 on_log(state.global_step, {k: float(v) for k, v in logs.items() if isinstance(v, int | float)})
 
+        def on_step_end(self, args, state, control, **kwargs):
+            if cfg.stop_at_step is not None and state.global_step >= cfg.stop_at_step:
+                control.should_training_stop = True  # the Trainer then saves and returns as at the last step
+
     trainer = _checkpoint_key_mapping_trainer()(
         model=model,
         args=training_arguments(cfg, seed),

@@ -1,4 +1,8 @@
-"""One Prefect flow per DVC stage: read params, open the stage's MLflow run, call the tasks, log results."""
+"""One Prefect flow per DVC stage: read params, open the stage's MLflow run, call the tasks, log results.
+
+The tasks of the model, sft, rsgrpo and predict stages are imported inside their flows: they load torch and
+transformers, which take seconds to import, and a download, evaluate or report process never needs them.
+"""
 
 from __future__ import annotations
 
@@ -17,11 +21,7 @@ from evisrag_core.io import atomic_dir, read_jsonl
 from tasks import tracking
 from tasks.download import write_dataset
 from tasks.evaluate import evaluate_predictions
-from tasks.model import write_base_model
-from tasks.predict import WORK_DIR, check_replaceable, make_backend, predict_benchmark
 from tasks.report import write_report
-from tasks.rsgrpo import train as train_rsgrpo
-from tasks.sft import train as train_sft
 
 
 def _run_name(stage: str):
@@ -41,6 +41,8 @@ def download_flow(params_path: str = "params.yaml") -> dict[str, Any]:
 
 @flow(name="model", flow_run_name=_run_name("model"))
 def model_flow(params_path: str = "params.yaml") -> str:
+    from tasks.model import write_base_model
+
     params = load_params(params_path)
     with tracking.stage_run("model", params, ["model"]):
         out = write_base_model(params)
@@ -50,6 +52,8 @@ def model_flow(params_path: str = "params.yaml") -> str:
 
 @flow(name="sft", flow_run_name=_run_name("sft"))
 def sft_flow(params_path: str = "params.yaml") -> dict[str, Any]:
+    from tasks.sft import train as train_sft
+
     params = load_params(params_path)
     with tracking.stage_run("sft", params, ["sft"]):
         summary = train_sft(params, Path(params.sft.log_file))
@@ -60,6 +64,8 @@ def sft_flow(params_path: str = "params.yaml") -> dict[str, Any]:
 
 @flow(name="rsgrpo", flow_run_name=_run_name("rsgrpo"))
 def rsgrpo_flow(params_path: str = "params.yaml") -> dict[str, Any]:
+    from tasks.rsgrpo import train as train_rsgrpo
+
     params = load_params(params_path)
     with tracking.stage_run("rsgrpo", params, ["rsgrpo"]):
         summary = train_rsgrpo(params)
@@ -77,6 +83,8 @@ def predict_flow(
     data_dir: str | None = None,
     out_dir: str | None = None,
 ) -> dict[str, Any]:
+    from tasks.predict import WORK_DIR, check_replaceable, make_backend, predict_benchmark
+
     params = load_params(params_path)
     cfg = params.predict
     model = Path(model_dir or cfg.model_dir)

@@ -7,11 +7,18 @@
 #   rsgrpo-nosft  RS-GRPO from the base model, no SFT    rsgrpo.model_dir=models/base (online filtering off)
 #   sft-rsgrpo    SFT, then RS-GRPO (the default)        (no change)
 #
-# usage: scripts/ablations.sh [NAME ...]        (default: all five, in the order above)
+# and RS-GRPO's own effect, from a deliberately under-trained SFT model (SFT stopped at step 500 of its 900-step
+# schedule, then 100 RL steps; README "Current results"):
+#
+#   weak-sft         the under-trained SFT model alone   sft.stop_at_step=500 predict.model_dir=models/sft
+#   weak-sft-grpo    it, then plain GRPO                 ... rsgrpo.mode=grpo rsgrpo.steps=100
+#   weak-sft-rsgrpo  it, then RS-GRPO                    ... rsgrpo.steps=100
+#
+# usage: scripts/ablations.sh [NAME ...]        (default: all eight; sft-rsgrpo last)
 #        ABLATION_STUDY=my-study scripts/ablations.sh   (the shared MLflow tag; default ablations-<UTC time>)
 #
-# Every experiment sets all four switches, so none inherits another's (each `dvc exp run` in the workspace starts
-# from the params the previous one left). Each runs `dvc exp run ... evaluate`: only the stages evaluate depends on
+# Every experiment starts from the params.yaml the script found (restored before each run: a `dvc exp run` in the
+# workspace leaves its changed params behind) and sets all four switches. Each runs `dvc exp run ... evaluate`: only the stages evaluate depends on
 # under that setting (the base model needs no SFT or RS-GRPO run); stages already run with the same inputs come
 # from DVC's run cache. Every MLflow run is tagged study=<study> and ablation=<name> (params.tracking.tags; no stage
 # reads `tracking`, so the tags rerun nothing). params.yaml is restored at the end; `sft-rsgrpo` runs last, so the
@@ -24,14 +31,18 @@ cd "$(dirname "$0")/.."
 # default never gets past it (FilterExhaustedError at step 2), so rsgrpo-nosft runs without it unless
 # NOSFT_FILTERING=true (a real base model such as Qwen2.5-VL-7B earns rewards: keep it on there).
 nosft_filtering="${NOSFT_FILTERING:-false}"
+weak="sft.stop_at_step=${WEAK_SFT_STEPS:-500} rsgrpo.steps=${WEAK_RL_STEPS:-100}"
 declare -A SWITCHES=(
   [base]="predict.model_dir=models/base rsgrpo.model_dir=models/sft rsgrpo.mode=rsgrpo rsgrpo.online_filtering=true"
   [sft]="predict.model_dir=models/sft rsgrpo.model_dir=models/sft rsgrpo.mode=rsgrpo rsgrpo.online_filtering=true"
   [sft-grpo]="predict.model_dir=models/rsgrpo rsgrpo.model_dir=models/sft rsgrpo.mode=grpo rsgrpo.online_filtering=true"
   [rsgrpo-nosft]="predict.model_dir=models/rsgrpo rsgrpo.model_dir=models/base rsgrpo.mode=rsgrpo rsgrpo.online_filtering=$nosft_filtering"
   [sft-rsgrpo]="predict.model_dir=models/rsgrpo rsgrpo.model_dir=models/sft rsgrpo.mode=rsgrpo rsgrpo.online_filtering=true"
+  [weak-sft]="$weak predict.model_dir=models/sft rsgrpo.model_dir=models/sft rsgrpo.mode=rsgrpo rsgrpo.online_filtering=true"
+  [weak-sft-grpo]="$weak predict.model_dir=models/rsgrpo rsgrpo.model_dir=models/sft rsgrpo.mode=grpo rsgrpo.online_filtering=true"
+  [weak-sft-rsgrpo]="$weak predict.model_dir=models/rsgrpo rsgrpo.model_dir=models/sft rsgrpo.mode=rsgrpo rsgrpo.online_filtering=true"
 )
-ORDER=(base sft sft-grpo rsgrpo-nosft sft-rsgrpo)
+ORDER=(base sft sft-grpo rsgrpo-nosft weak-sft weak-sft-grpo weak-sft-rsgrpo sft-rsgrpo)
 
 names=("$@")
 [[ ${#names[@]} -gt 0 ]] || names=("${ORDER[@]}")
@@ -54,6 +65,7 @@ for name in "${names[@]}"; do
   for switch in ${SWITCHES[$name]}; do set_args+=(-S "$switch"); done
   # `++key=value` adds the key or overrides it (tracking.tags starts empty).
   set_args+=(-S "++tracking.tags.study=$study" -S "++tracking.tags.ablation=$name")
+  restore_params
   echo "=== $exp: ${SWITCHES[$name]}"
   dvc exp run "${set_args[@]}" -n "$exp" evaluate
   experiments+=("$exp")

@@ -94,7 +94,8 @@ def test_cut_at_end_of_turn_keeps_the_end_token_and_pads_right():
 
 
 def test_rollouts_are_n_per_prompt_and_the_update_scores_what_was_sampled(tiny_model, rl_file: Path):
-    """The rebuilt `prompt ⧺ response` input gives the log-probs `generate` sampled from, token for token."""
+    """The rebuilt `prompt ⧺ response` input gives the log-probs `generate` sampled from, token for token (the
+    shared-prefix decoder's counterpart is in tests/test_decoding.py)."""
     from evisrag_core.rollout import (
         PromptEncoder,
         Sampling,
@@ -108,7 +109,8 @@ def test_rollouts_are_n_per_prompt_and_the_update_scores_what_was_sampled(tiny_m
 
     model, processor = tiny_model
     prompts = load_rl_prompts(rl_file)[:2]
-    rollout = TransformersRollout(model, processor, PromptEncoder(processor, "model_card", (3136, 12544), 15000))
+    encoder = PromptEncoder(processor, "model_card", (3136, 12544), 15000)
+    rollout = TransformersRollout(model, processor, encoder, decoder="generate")  # same seed → same samples
     torch.manual_seed(3)
     groups = rollout.generate(prompts, Sampling(n=3, temperature=1.0, top_p=1.0, max_new_tokens=10))
     assert [g.prompt.id for g in groups] == [p.id for p in prompts]

@@ -169,6 +169,44 @@ def test_loss_decreases_over_a_short_run(tiny_dataset: Path, tiny_model_dir: Pat
         assert param.equal(vision[name]), f"frozen vision weight {name} changed"
 
 
+def test_stop_at_step_stops_early_on_the_whole_runs_schedule(tiny_dataset: Path, tiny_model_dir: Path, tmp_path):
+    """stop_at_step=3 of max_steps=8: three steps, learning rates those of the 8-step schedule's first three, and the
+    final model written (the under-trained start of the RS-GRPO ablation)."""
+    from evisrag_core.sft import train_sft
+
+    def run(name: str, **change) -> dict[int, float]:
+        cfg = SFTParams(
+            model_dir=str(tiny_model_dir),
+            out_dir=str(tmp_path / name / "sft"),
+            checkpoint_dir=str(tmp_path / name / "ckpt"),
+            max_steps=8,
+            per_device_train_batch_size=2,
+            warmup_steps=1,
+            logging_steps=1,
+            save_steps=100,
+            **change,
+        )
+        rates: dict[int, float] = {}
+        summary = train_sft(
+            cfg,
+            tiny_dataset / "train" / SFT_FILE,
+            0,
+            on_log=lambda step, logs: rates.update({step: logs["learning_rate"]}) if "learning_rate" in logs else None,
+        )
+        assert (Path(cfg.out_dir) / "model.safetensors").is_file()
+        return {"global_step": summary["global_step"], **rates}
+
+    stopped, whole = run("stopped", stop_at_step=3), run("whole")
+    assert stopped["global_step"] == 3 and whole["global_step"] == 8
+    assert [stopped[s] for s in (1, 2, 3)] == [whole[s] for s in (1, 2, 3)]
+    assert stopped[3] > whole[7]  # still high: the cosine decay belongs to the 8-step run
+
+
+def test_stop_at_step_past_the_end_is_refused():
+    with pytest.raises(ValueError, match="stop_at_step"):
+        SFTParams(max_steps=10, stop_at_step=11)
+
+
 @pytest.mark.slow
 def test_sft_resumes_after_sigkill(tiny_dataset: Path, tiny_model_dir: Path, tmp_path: Path):
     """Kill the real `evisrag sft` process after a checkpoint, rerun it, and get the uninterrupted run's result."""
