@@ -23,11 +23,12 @@ The vLLM path (`VllmRollout`) is optional and imported lazily; it cannot run on 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from evisrag_core.bad_records import BadRecords, jsonl_rows
 from evisrag_core.data.schema import resolve_image_path
@@ -110,6 +111,9 @@ class PromptInputs:
     mm_token_type_ids: torch.Tensor  # (S,)
     pixel_values: torch.Tensor  # (patches, patch_dim)
     image_grid_thw: torch.Tensor  # (images, 3)
+    # per image, the vision tower's output (image tokens, hidden) computed at the rollout; set only while the tower
+    # is frozen, so the update's forward reuses it instead of running the tower on n copies of the prompt
+    image_features: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -144,9 +148,10 @@ def pad_responses(groups: Sequence[Group], pad_id: int) -> tuple[torch.Tensor, t
     return response_ids, response_mask
 
 
-def collate_prompts(prompts: Sequence[PromptInputs], pad_id: int) -> dict[str, torch.Tensor]:
+def collate_prompts(prompts: Sequence[PromptInputs], pad_id: int) -> dict[str, Any]:
     """Left-pad prompts into one batch, as the processor pads a batch: input_ids, attention_mask,
-    mm_token_type_ids (b, S); pixel_values and image_grid_thw concatenated in prompt order."""
+    mm_token_type_ids (b, S); pixel_values and image_grid_thw concatenated in prompt order. When every prompt carries
+    its image features, they replace pixel_values (`mm_encoder_outputs`, which the model's forward takes instead)."""
     width = max(len(p.input_ids) for p in prompts)
     input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -156,13 +161,44 @@ def collate_prompts(prompts: Sequence[PromptInputs], pad_id: int) -> dict[str, t
         input_ids[row, start:] = prompt.input_ids
         attention_mask[row, start:] = 1
         token_types[row, start:] = prompt.mm_token_type_ids
-    return {
+    batch: dict[str, Any] = {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
         "mm_token_type_ids": token_types,
-        "pixel_values": torch.cat([p.pixel_values for p in prompts]),
         "image_grid_thw": torch.cat([p.image_grid_thw for p in prompts]),
     }
+    if all(p.image_features is not None for p in prompts):
+        features = tuple(f for p in prompts for f in p.image_features or ())
+        batch["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=features)}
+    else:
+        batch["pixel_values"] = torch.cat([p.pixel_values for p in prompts])
+    return batch
+
+
+def batch_to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """A collated batch on `device` (tensors and the image features of `mm_encoder_outputs`)."""
+    moved = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    if "mm_encoder_outputs" in batch:
+        features = batch["mm_encoder_outputs"]["image"].pooler_output
+        moved["mm_encoder_outputs"] = {
+            "image": BaseModelOutputWithPooling(pooler_output=tuple(f.to(device) for f in features))
+        }
+    return moved
+
+
+@torch.no_grad()
+def with_image_features(model: Any, prompts: Sequence[PromptInputs]) -> list[PromptInputs]:
+    """The prompts with their images' vision-tower outputs attached (one tower pass for the whole batch)."""
+    grid = torch.cat([p.image_grid_thw for p in prompts])
+    pixels = torch.cat([p.pixel_values for p in prompts])
+    features = model.model.get_image_features(pixels.to(model.device), grid.to(model.device), return_dict=True)
+    per_image = [f.detach() for f in features.pooler_output]
+    attached, start = [], 0
+    for prompt in prompts:
+        count = len(prompt.image_grid_thw)
+        attached.append(replace(prompt, image_features=tuple(per_image[start : start + count])))
+        start += count
+    return attached
 
 
 def policy_inputs(
@@ -234,10 +270,20 @@ class TransformersRollout:
     """Sampling on the policy being trained (CPU or GPU) with transformers models: `sample_shared_prefix` (one
     prefill per prompt) or, with decoder="generate", transformers `generate(num_return_sequences=n)`."""
 
-    def __init__(self, model: Any, processor: Any, encoder: PromptEncoder, decoder: str = "shared_prefix"):
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        encoder: PromptEncoder,
+        decoder: str = "shared_prefix",
+        reuse_image_features: bool = False,
+    ):
+        """`reuse_image_features` (only with a frozen vision tower, shared_prefix decoder): keep each prompt's vision
+        output in its Group, so the update's forward does not run the tower again on every response."""
         if decoder not in ROLLOUT_DECODERS:
             raise ValueError(f"unknown rollout decoder {decoder!r}; choose from {ROLLOUT_DECODERS}")
         self.model, self.processor, self.encode, self.decoder = model, processor, encoder, decoder
+        self.reuse_image_features = reuse_image_features and decoder == "shared_prefix"
         self.pad_id = processor.tokenizer.pad_token_id
         self.end_ids = end_of_turn_ids(model, processor)
         self.suppressed = vision_token_ids(processor)
@@ -259,11 +305,12 @@ class TransformersRollout:
     @torch.no_grad()
     def _generate(self, prompts: Sequence[RLPrompt], sampling: Sampling) -> list[Group]:
         encoded = self.encode(prompts)
-        batch = {k: v.to(self.model.device) for k, v in collate_prompts(encoded, self.pad_id).items()}
         was_training = self.model.training
         self.model.eval()
         try:
-            generated = self._sample(batch, sampling)
+            if self.reuse_image_features:
+                encoded = with_image_features(self.model, encoded)
+            generated = self._sample(batch_to(collate_prompts(encoded, self.pad_id), self.model.device), sampling)
         finally:
             self.model.train(was_training)
         return self._groups(prompts, encoded, generated.view(len(prompts), sampling.n, -1))

@@ -70,6 +70,7 @@ from evisrag_core.rollout import (
     Sampling,
     TransformersRollout,
     VllmRollout,
+    batch_to,
     group_ids,
     load_rl_prompts,
     pad_responses,
@@ -214,7 +215,7 @@ def response_log_probs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """log π(y_t | x, y_<t) of every response token and the logits it came from: (b, T), (b, T, V)."""
     width = response_ids.shape[1]
-    inputs = {k: v.to(model.device) for k, v in inputs.items()}
+    inputs = batch_to(inputs, model.device)
     logits = model(**inputs, use_cache=False, logits_to_keep=width + 1).logits[:, :-1].float()  # (b, T, V)
     logits = logits / temperature
     targets = response_ids.to(logits.device).unsqueeze(-1)  # (b, T, 1)
@@ -556,7 +557,9 @@ def build_run(
         max_len = cfg.max_prompt_length + cfg.max_new_tokens
         rollout: TransformersRollout | VllmRollout = VllmRollout(cfg.model_dir, policy, processor, encoder, max_len)
     else:
-        rollout = TransformersRollout(policy, processor, encoder, cfg.rollout_decoder)
+        rollout = TransformersRollout(
+            policy, processor, encoder, cfg.rollout_decoder, reuse_image_features=cfg.freeze_vision_tower
+        )
     train, val = split_prompts(rl_file, cfg.val_size, seed, bad)
     run = Run(cfg, seed, policy, processor, optimizer, rollout, train, val, reference)
     run.tag_ids = tag_token_ids(processor.tokenizer)
