@@ -133,3 +133,30 @@ def test_sampled_responses_are_scored_by_the_logits_they_were_drawn_from(tiny_mo
         running = response_mask[:, k + 1].nonzero().squeeze(1)
         assert logits.shape[0] == len(running)
         assert torch.allclose(logits, step_logits[running, k + 1], atol=1e-4)
+
+
+def test_reused_image_features_give_the_log_probs_of_the_pixels(tiny_model, rl_file: Path):
+    """With a frozen vision tower the rollout keeps each prompt's vision output and the update's forward takes it
+    instead of pixel_values: same log-probs as running the tower again."""
+    from dataclasses import replace
+
+    from evisrag_core.rsgrpo_loop import response_log_probs
+
+    model, processor = tiny_model
+    encoder = PromptEncoder(processor, "model_card", (3136, 12544), 15000)
+    rollout = TransformersRollout(model, processor, encoder, reuse_image_features=True)
+    torch.manual_seed(2)
+    groups = rollout.generate(load_rl_prompts(rl_file)[:2], Sampling(n=2, temperature=1.0, top_p=1.0, max_new_tokens=8))
+    assert all(g.inputs.image_features is not None for g in groups)
+    assert [len(g.inputs.image_features) for g in groups] == [len(g.inputs.image_grid_thw) for g in groups]
+    without = [replace(g, inputs=replace(g.inputs, image_features=None)) for g in groups]
+    response_ids, response_mask = pad_responses(groups, rollout.pad_id)
+    rows = list(range(len(response_ids)))
+    reused = policy_inputs(groups, rows, response_ids, response_mask, rollout.pad_id)
+    recomputed = policy_inputs(without, rows, response_ids, response_mask, rollout.pad_id)
+    assert "mm_encoder_outputs" in reused and "pixel_values" not in reused
+    assert "pixel_values" in recomputed and "mm_encoder_outputs" not in recomputed
+    with torch.no_grad():
+        ours, _ = response_log_probs(model, reused, response_ids, temperature=1.0)
+        theirs, _ = response_log_probs(model, recomputed, response_ids, temperature=1.0)
+    assert torch.allclose(ours, theirs, atol=1e-5)
