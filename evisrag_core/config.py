@@ -130,7 +130,7 @@ class SFTParams(_Section):
     model_dir: str = "models/base"
     out_dir: str = "models/sft"
     checkpoint_dir: str = "work/sft"
-    log_file: str = "plots/sft_loss.jsonl"
+    log_file: str = "plots/sft_loss.json"  # a JSON array: the format DVC plots read
     learning_rate: float = Field(4e-4, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
     num_train_epochs: float = Field(1.0, gt=0.0)
@@ -231,7 +231,8 @@ class RSGRPOParams(_Section):
     model_dir: str = "models/sft"
     out_dir: str = "models/rsgrpo"
     checkpoint_dir: str = "work/rsgrpo"
-    log_file: str = "plots/rsgrpo.jsonl"
+    log_file: str = "plots/rsgrpo.json"  # one row per step: rewards, filtering, clipping, loss (DVC plot)
+    val_log_file: str = "plots/rsgrpo_val.json"  # one row per validation: held-out rewards, answer accuracy
     report_dir: str = "reports/rsgrpo"
     mode: Literal["rsgrpo", "grpo"] = "rsgrpo"
     steps: int = Field(30, ge=1)  # optimizer steps; ignored when `epochs` is set

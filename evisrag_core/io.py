@@ -9,7 +9,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -178,6 +178,10 @@ class StepLog:
         with self.path.open("a", encoding="utf-8") as handle:
             append_jsonl(handle, row)
 
-    def publish(self, dest: str | os.PathLike[str]) -> None:
-        """Copy the log to its final place (e.g. a DVC plots file) in one rename."""
-        write_jsonl_atomic(dest, self._rows())
+    def publish(self, dest: str | os.PathLike[str], required: Sequence[str] = ()) -> None:
+        """Write the rows that hold every `required` key to `dest` as one JSON array, in one rename: a DVC plots
+        file. Each row keeps the keys all chosen rows share: DVC reads JSON arrays (not JSON lines) and refuses a
+        file whose rows do not all have the same fields."""
+        rows = [row for row in self._rows() if all(key in row for key in required)]
+        shared = set.intersection(*(set(row) for row in rows)) if rows else set()
+        write_json_atomic(dest, [{key: value for key, value in row.items() if key in shared} for row in rows])

@@ -71,8 +71,16 @@ class ReportInputs:
 
 
 def read_step_log(path: Path) -> list[dict[str, Any]]:
-    """Rows of a step log (`{"step": …, <metric>: …}` per line); [] when the file does not exist."""
-    return read_jsonl(path) if path.is_file() else []
+    """Rows (`{"step": …, <metric>: …}`) of a step log: a JSON array (the DVC plots files the stages publish) or
+    JSON lines (`.jsonl`, e.g. a stage's history in work/); [] when the file does not exist."""
+    if not path.is_file():
+        return []
+    if path.suffix == ".jsonl":
+        return read_jsonl(path)
+    rows = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+        raise BadRecordError(f"{path}: expected a JSON array of objects (a step log)")
+    return rows
 
 
 def curve(rows: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:

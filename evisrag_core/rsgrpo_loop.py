@@ -437,6 +437,7 @@ RSGRPO_WRITE_ONLY_KEYS = {
     "out_dir",
     "checkpoint_dir",
     "log_file",
+    "val_log_file",
     "report_dir",
     "save_every",
     "save_total_limit",

@@ -14,6 +14,9 @@ from evisrag_core.data.schema import RL_FILE
 from evisrag_core.io import StepLog
 from tasks import TASK_DEFAULTS
 
+# the rows of the DVC plot (dvc.yaml: rsgrpo's plots y) hold every step's reward means
+PLOTTED = tuple(f"reward/{key}" for key in rsgrpo_loop.REWARD_KEYS)
+
 
 def _resume_step(params: Params) -> int:
     rl_file = Path(params.data.out_dir) / "train" / RL_FILE
@@ -39,6 +42,7 @@ def train(params: Params) -> dict[str, Any]:
     rl_file = Path(params.data.out_dir) / "train" / RL_FILE
     summary = rsgrpo_loop.train_rsgrpo(cfg, rl_file, params.seed, on_step=on_step)
     mlflow.log_metric("rsgrpo.skipped_records", summary["skipped_records"])  # rsgrpo.on_bad_record: skip
-    history.publish(cfg.log_file)
+    history.publish(cfg.log_file, required=PLOTTED)  # the training steps (not the validation-only step 0)
+    history.publish(cfg.val_log_file, required=("val/overall",))  # the validation steps
     get_run_logger().info("RS-GRPO done: %s", summary)
     return summary

@@ -45,6 +45,6 @@ def train(params: Params, log_file: Path) -> dict[str, Any]:
 
     summary = sft.train_sft(cfg, sft_file(params), params.seed, on_log=on_log)
     mlflow.log_metric("sft.skipped_records", summary["skipped_records"])  # sft.on_bad_record: skip
-    history.publish(log_file)
+    history.publish(log_file, required=("loss",))  # the DVC plot's y
     get_run_logger().info("SFT done: %s", summary)
     return summary

@@ -68,10 +68,12 @@ def test_a_torn_last_log_line_is_dropped_and_the_rest_kept_on_resume(tmp_path: P
     write_log(path, ROWS, torn)
     log = StepLog(path, resume_step=4)  # the last checkpoint is step 4: steps 5 and 6 run again
     assert [json.loads(line) for line in path.read_text().splitlines()] == ROWS[:4]
-    log.append({"step": 5, "loss": 0.2})
-    log.publish(tmp_path / "plots" / "loss.jsonl")
-    published = (tmp_path / "plots" / "loss.jsonl").read_text().splitlines()
-    assert [json.loads(line)["step"] for line in published] == [1, 2, 3, 4, 5]
+    log.append({"step": 5, "loss": 0.2, "grad_norm": 1.0})  # a field the other rows lack
+    log.append({"step": 5, "learning_rate": 0.1})  # a row without the plotted key
+    log.publish(tmp_path / "plots" / "loss.json", required=("loss",))
+    published = json.loads((tmp_path / "plots" / "loss.json").read_text())  # a JSON array: what DVC plots read
+    assert [row["step"] for row in published] == [1, 2, 3, 4, 5]
+    assert all(set(row) == {"step", "loss"} for row in published)  # DVC wants the same fields in every row
 
 
 def test_damage_before_the_last_log_line_is_an_error_naming_the_line(tmp_path: Path):

@@ -74,7 +74,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, s
 
 
 def test_pipeline_writes_metrics_for_every_benchmark(project):
-    root, _, output = project
+    root, env, output = project
     metrics = json.loads((root / "metrics.json").read_text())
     assert set(metrics) == {"ColorSquare", "ColorBackground", "overall"}
     assert metrics["overall"]["cnt_global"] == 16
@@ -86,7 +86,12 @@ def test_pipeline_writes_metrics_for_every_benchmark(project):
         assert len(rows) == 8 and all({"qid", "imgs", "pred"} <= set(r) for r in rows)
     assert (root / "models" / "sft" / "model.safetensors").is_file()
     assert (root / "models" / "rsgrpo" / "model.safetensors").is_file()
-    assert (root / "plots" / "rsgrpo.jsonl").read_text().count("\n") >= 2
+    assert len(json.loads((root / "plots" / "rsgrpo.json").read_text())) >= 2
+    # DVC renders the training curves (it reads JSON arrays, not JSON lines, and wants the same fields in every row)
+    shown = json.loads(_run([sys.executable, "-m", "dvc", "plots", "show", "--json"], root, env).stdout)
+    assert not shown.get("errors"), shown.get("errors")
+    assert {"plots/sft_loss.json", "plots/rsgrpo.json", "rsgrpo-reward-components"} <= set(shown["data"])
+    assert all(shown["data"][name] for name in ("plots/sft_loss.json", "plots/rsgrpo.json"))
 
 
 def test_second_repro_does_nothing(project):

@@ -108,12 +108,12 @@ def run_dir(tmp_path: Path) -> Path:
     write_evaluation(metrics, per_question, tmp_path / "metrics.json", tmp_path / "eval" / "per_question.jsonl")
     plots = tmp_path / "plots"
     plots.mkdir()
-    (plots / "sft_loss.jsonl").write_text("".join(json.dumps({"step": s, "loss": 3.0 / s}) + "\n" for s in (1, 2, 3)))
+    (plots / "sft_loss.json").write_text(json.dumps([{"step": s, "loss": 3.0 / s} for s in (1, 2, 3)]))
     rewards = [
         {"step": s, "reward/overall": 0.5 * s, "reward/accuracy": 0.1 * s, "reward/format": 1.0, "actor/loss": 0.1}
         for s in (1, 2, 3)
     ]
-    (plots / "rsgrpo.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rewards))
+    (plots / "rsgrpo.json").write_text(json.dumps(rewards))
     return tmp_path
 
 
@@ -122,8 +122,8 @@ def inputs_of(root: Path) -> ReportInputs:
         metrics_file=root / "metrics.json",
         per_question_file=root / "eval" / "per_question.jsonl",
         data_dir=root / "data",
-        sft_log=root / "plots" / "sft_loss.jsonl",
-        rsgrpo_log=root / "plots" / "rsgrpo.jsonl",
+        sft_log=root / "plots" / "sft_loss.json",
+        rsgrpo_log=root / "plots" / "rsgrpo.json",
     )
 
 
@@ -155,13 +155,13 @@ def test_report_shows_metrics_curves_and_examples_with_images(run_dir: Path) -> 
 
 
 def test_report_says_what_is_missing_instead_of_failing(run_dir: Path) -> None:
-    (run_dir / "plots" / "rsgrpo.jsonl").unlink()
+    (run_dir / "plots" / "rsgrpo.json").unlink()
     (run_dir / "eval" / "per_question.jsonl").unlink()
     out = run_dir / "reports" / "run"
     (out).mkdir(parents=True)
     (out / RSGRPO_PLOT).write_bytes(b"stale")  # from an earlier run that had RS-GRPO
     page = build_report(inputs_of(run_dir), out).read_text(encoding="utf-8")
-    assert "rsgrpo.jsonl not found or empty: the rsgrpo stage did not run" in page
+    assert "rsgrpo.json not found or empty: the rsgrpo stage did not run" in page
     assert "per_question.jsonl not found: run the evaluate stage" in page
     assert not (out / RSGRPO_PLOT).exists()
     assert (out / SFT_PLOT).is_file()  # what is there is still shown

@@ -59,7 +59,7 @@ def _params(raw: dict, run_dir: Path, **rsgrpo: object) -> Path:
         **raw["rsgrpo"],
         "out_dir": str(run_dir / "model"),
         "checkpoint_dir": str(run_dir / "ckpt"),
-        "log_file": str(run_dir / "rsgrpo.jsonl"),
+        "log_file": str(run_dir / "rsgrpo.json"),
         "report_dir": str(run_dir / "report"),
         **rsgrpo,
     }
@@ -78,7 +78,7 @@ def _run(command: list[str], run_dir: Path) -> None:
 
 
 def _curve(run_dir: Path) -> dict[int, dict[str, float]]:
-    rows = [json.loads(line) for line in (run_dir / "rsgrpo.jsonl").read_text().splitlines()]
+    rows = json.loads((run_dir / "rsgrpo.json").read_text())
     return {row["step"]: row for row in rows}
 
 
