@@ -209,7 +209,7 @@ class KVBuffers:
 @torch.no_grad()
 def sample_shared_prefix(
     model: Any,
-    batch: dict[str, torch.Tensor],
+    batch: dict[str, Any],
     sampling: Sampling,
     suppressed: Sequence[int],
     end_ids: set[int],
@@ -229,7 +229,7 @@ def sample_shared_prefix(
     out = model(**batch, position_ids=positions, use_cache=True, logits_to_keep=1)
     logits = out.logits[:, -1].float().repeat_interleave(n, dim=0)  # (B, V), B = P·n
     next_position = positions[0, :, -1].repeat_interleave(n) + 1  # (B,) text tokens: all three axes equal
-    step_fn = _lean_steps(model, out.cache, batch["attention_mask"], n, sampling.max_new_tokens)
+    step_fn = _decoding_steps(model, out.cache, batch["attention_mask"], n, sampling.max_new_tokens)
     device = logits.device
     suppressed_ids = torch.tensor(list(suppressed), dtype=torch.long, device=device)
     end = torch.tensor(sorted(end_ids), dtype=torch.long, device=device)
@@ -287,7 +287,7 @@ class _LeanSteps:
         return self.decoder.step(tokens, positions, self.buffers)
 
 
-def _lean_steps(model: Any, cache: Any, attention_mask: torch.Tensor, repeats: int, extra: int) -> Any:
+def _decoding_steps(model: Any, cache: Any, attention_mask: torch.Tensor, repeats: int, extra: int) -> Any:
     if LeanDecoder.supported(model) and hasattr(cache, "layers"):
         return _LeanSteps(model, cache, attention_mask, repeats, extra)
     return _ModelSteps(model, cache, attention_mask, repeats)
