@@ -40,8 +40,12 @@ pytestmark = pytest.mark.slow
 # (see dvc.yaml). The HTML report grows page by page while RS-GRPO runs; nothing downstream reads it.
 STAGE_FILES: dict[str, tuple[list[str], list[str], list[str]]] = {
     "download": ([], ["data"], []),
-    "sft": (["data", "models/base"], ["models/sft", "plots/sft_loss.jsonl"], []),
-    "rsgrpo": (["data", "models/sft"], ["models/rsgrpo", "plots/rsgrpo.jsonl"], ["reports/rsgrpo"]),
+    "sft": (["data", "models/base"], ["models/sft", "plots/sft_loss.json"], []),
+    "rsgrpo": (
+        ["data", "models/sft"],
+        ["models/rsgrpo", "plots/rsgrpo.json", "plots/rsgrpo_val.json"],
+        ["reports/rsgrpo"],
+    ),
     "predict": (["data", "models/rsgrpo"], ["preds"], []),
     "evaluate": (["data", "preds"], ["metrics.json", "eval/per_question.jsonl"], []),
 }

@@ -41,7 +41,7 @@ def config(tmp_path: Path, model_dir: Path, **overrides) -> RSGRPOParams:
         "out_dir": str(tmp_path / "model"),
         "checkpoint_dir": str(tmp_path / "ckpt"),
         "report_dir": str(tmp_path / "report"),
-        "log_file": str(tmp_path / "log.jsonl"),
+        "log_file": str(tmp_path / "log.json"),
         "steps": 1,
         "rollout_batch_size": 2,
         "n": 4,

@@ -219,7 +219,7 @@ def test_sft_resumes_after_sigkill(tiny_dataset: Path, tiny_model_dir: Path, tmp
             model_dir=str(tiny_model_dir),
             out_dir=str(tmp_path / name / "model"),
             checkpoint_dir=str(tmp_path / name / "ckpt"),
-            log_file=str(tmp_path / name / "loss.jsonl"),
+            log_file=str(tmp_path / name / "loss.json"),
             max_steps=16,
             save_steps=2,
             logging_steps=1,
@@ -264,7 +264,7 @@ def test_sft_resumes_after_sigkill(tiny_dataset: Path, tiny_model_dir: Path, tmp
     assert "resuming from" in resumed.stderr + resumed.stdout
 
     def final_losses(name: str) -> dict[int, float]:
-        rows = [json.loads(line) for line in (tmp_path / name / "loss.jsonl").read_text().splitlines()]
+        rows = json.loads((tmp_path / name / "loss.json").read_text())
         return {row["step"]: row["loss"] for row in rows if "loss" in row}
 
     clean_losses, resumed_losses = final_losses("clean"), final_losses("killed")

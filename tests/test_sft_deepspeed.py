@@ -41,7 +41,7 @@ def _params(raw: dict, run_dir: Path, **sft: object) -> Path:
         **raw["sft"],
         "out_dir": str(run_dir / "model"),
         "checkpoint_dir": str(run_dir / "ckpt"),
-        "log_file": str(run_dir / "loss.jsonl"),
+        "log_file": str(run_dir / "loss.json"),
         **sft,
     }
     path = run_dir / "params.yaml"
@@ -58,7 +58,7 @@ def _run(command: list[str], run_dir: Path) -> None:
 
 
 def _losses(run_dir: Path) -> dict[int, float]:
-    rows = [json.loads(line) for line in (run_dir / "loss.jsonl").read_text().splitlines()]
+    rows = json.loads((run_dir / "loss.json").read_text())
     return {row["step"]: row["loss"] for row in rows if "loss" in row}
 
 
