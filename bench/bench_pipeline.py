@@ -116,6 +116,18 @@ IMPORTS = {
 }
 
 
+def overhead(stage_runs: list[float], library_runs: list[float], prefect: str) -> dict[str, Any]:
+    """The evaluate stage process's median wall time minus the bare library process's."""
+    stage, library = statistics.median(stage_runs), statistics.median(library_runs)
+    return {
+        "stage": "evaluate",
+        "stage_process_median_s": stage,
+        "library_process_median_s": library,
+        "overhead_s": stage - library,
+        "prefect": prefect,
+    }
+
+
 def import_costs(root: Path, env: dict[str, str], repeats: int) -> dict[str, float]:
     """Median wall seconds of a fresh interpreter importing each module: the floor of a stage process's overhead."""
     return {
@@ -176,22 +188,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             jobs.append(("library", [sys.executable, "-c", LIBRARY_EVALUATE]))
             for name, cmd in jobs[:: 1 if rep % 2 == 0 else -1]:
                 (stage if name == "stage" else library).append(timed(cmd, root, env)[0])
-        result["overhead"] = {
-            "stage": "evaluate",
-            "stage_process_median_s": statistics.median(stage),
-            "library_process_median_s": statistics.median(library),
-            "overhead_s": statistics.median(stage) - statistics.median(library),
-            "prefect": "ephemeral (no PREFECT_API_URL)",
-        }
+        result["overhead"] = overhead(stage, library, "ephemeral (no PREFECT_API_URL)")
         with prefect_server(root, env) as api_url:
             shared = [timed(jobs[0][1], root, {**env, "PREFECT_API_URL": api_url})[0] for _ in range(args.repeats)]
-        result["overhead_shared_server"] = {
-            "stage": "evaluate",
-            "stage_process_median_s": statistics.median(shared),
-            "library_process_median_s": statistics.median(library),
-            "overhead_s": statistics.median(shared) - statistics.median(library),
-            "prefect": "one running server (PREFECT_API_URL, as under `evisrag pipeline` or `evisrag serve`)",
-        }
+        server = "one running server (PREFECT_API_URL, as under `evisrag pipeline` or `evisrag serve`)"
+        result["overhead_shared_server"] = overhead(shared, library, server)
         result["import_seconds"] = import_costs(root, env, args.repeats)
     result["machine"] = machine()
     result["command"] = " ".join(sys.argv)

@@ -174,7 +174,7 @@ def test_stop_at_step_stops_early_on_the_whole_runs_schedule(tiny_dataset: Path,
     final model written (the under-trained start of the RS-GRPO ablation)."""
     from evisrag_core.sft import train_sft
 
-    def run(name: str, **change) -> dict[int, float]:
+    def run(name: str, **change) -> dict[int | str, float]:  # learning rate per step, and global_step
         cfg = SFTParams(
             model_dir=str(tiny_model_dir),
             out_dir=str(tmp_path / name / "sft"),
@@ -186,7 +186,7 @@ def test_stop_at_step_stops_early_on_the_whole_runs_schedule(tiny_dataset: Path,
             save_steps=100,
             **change,
         )
-        rates: dict[int, float] = {}
+        rates: dict[int | str, float] = {}
         summary = train_sft(
             cfg,
             tiny_dataset / "train" / SFT_FILE,
