@@ -210,6 +210,7 @@ PAPER_RSGRPO: dict[str, object] = {
     "val_every": 10,
     "val_temperature": 0.1,
     "val_top_p": 0.95,
+    "val_sampled_n": 0,  # the reference validates at val_temperature only
     "save_every": 10,
     "image_min_pixels": 262_144,
     "image_max_pixels": 1_568_000,
@@ -233,6 +234,7 @@ class RSGRPOParams(_Section):
     checkpoint_dir: str = "work/rsgrpo"
     log_file: str = "plots/rsgrpo.json"  # one row per step: rewards, filtering, clipping, loss (DVC plot)
     val_log_file: str = "plots/rsgrpo_val.json"  # one row per validation: held-out rewards, answer accuracy
+    val_sampled_log_file: str = "plots/rsgrpo_val_sampled.json"  # the same at the rollout temperature (val_sampled_n)
     report_dir: str = "reports/rsgrpo"
     mode: Literal["rsgrpo", "grpo"] = "rsgrpo"
     steps: int = Field(30, ge=1)  # optimizer steps; ignored when `epochs` is set
@@ -268,6 +270,8 @@ class RSGRPOParams(_Section):
     val_size: int = Field(32, ge=0)  # prompts of train/rl_val.jsonl, or held out of rl.jsonl when it is absent
     val_temperature: float = Field(0.1, gt=0.0)
     val_top_p: float = Field(0.95, gt=0.0, le=1.0)
+    # also sample each held-out prompt this many times at the rollout temperature/top_p (val_sampled/* metrics)
+    val_sampled_n: int = Field(4, ge=0)  # 0: off (the reference validates only at val_temperature)
     save_every: int = Field(10, ge=1)
     save_total_limit: int = Field(2, ge=1)
     report_every: int = Field(10, ge=0)  # 0: no HTML report

@@ -382,19 +382,41 @@ def validate(run: Run) -> dict[str, float]:
     """One response per held-out prompt at the validation temperature/top_p: mean rewards and answer accuracy
     (spec §3 Accuracy against the ground truth's answer block; insufficient questions against the fixed golds)."""
     cfg = run.cfg
-    sampling = Sampling(1, cfg.val_temperature, cfg.val_top_p, cfg.max_new_tokens)
     if cfg.rollout_seeding == "group":  # validation samples depend on the step only, not on the ranks' streams
         torch.manual_seed(random.Random(f"{run.seed}-rsgrpo-val-{run.step}").getrandbits(63))
+    sampling = Sampling(1, cfg.val_temperature, cfg.val_top_p, cfg.max_new_tokens)
+    metrics = held_out_metrics(run, sampling, "val")
+    if cfg.val_sampled_n:
+        metrics.update(validate_sampled(run))
+    return metrics
+
+
+def validate_sampled(run: Run) -> dict[str, float]:
+    """`val_sampled_n` responses per held-out prompt at the *rollout* temperature/top_p: the expected reward of the
+    distribution RS-GRPO optimises. Near-greedy validation saturates once SFT answers right (the embedded default
+    reaches the maximum 7.0), while sampled responses still show what RL sharpens. Drawn from a forked RNG seeded by
+    the step, so turning it on or off leaves the training rollouts unchanged."""
+    cfg = run.cfg
+    sampling = Sampling(cfg.val_sampled_n, cfg.temperature, cfg.top_p, cfg.max_new_tokens)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(random.Random(f"{run.seed}-rsgrpo-val-sampled-{run.step}").getrandbits(63))
+        return held_out_metrics(run, sampling, "val_sampled")
+
+
+def held_out_metrics(run: Run, sampling: Sampling, prefix: str) -> dict[str, float]:
+    """Mean of every reward component and the answer accuracy over `sampling.n` responses per held-out prompt."""
+    cfg = run.cfg
     rewards, accuracy = [], []
-    chunk = cfg.rollout_batch_size * cfg.n
+    chunk = max(1, cfg.rollout_batch_size * cfg.n // sampling.n)  # prompts per call: a rollout batch's responses
     for start in range(0, len(run.val_prompts), chunk):
         for group in run.rollout.generate(run.val_prompts[start : start + chunk], sampling):
             rewards.append(group_rewards(group, cfg))
             prompt = group.prompt
-            accuracy.append(score_prediction(group.texts[0], [prompt.gold_answer], prompt.is_sufficient).acc)
-    table = torch.cat(rewards)  # (val_size, 7)
-    metrics = {f"val/{key}": float(table[:, c].mean()) for c, key in enumerate(REWARD_KEYS)}
-    metrics["val/answer_accuracy"] = float(np.mean(accuracy))
+            golds = [prompt.gold_answer]
+            accuracy.extend(score_prediction(text, golds, prompt.is_sufficient).acc for text in group.texts)
+    table = torch.cat(rewards)  # (val_size · sampling.n, 7)
+    metrics = {f"{prefix}/{key}": float(table[:, c].mean()) for c, key in enumerate(REWARD_KEYS)}
+    metrics[f"{prefix}/answer_accuracy"] = float(np.mean(accuracy))
     return metrics
 
 
@@ -438,6 +460,7 @@ RSGRPO_WRITE_ONLY_KEYS = {
     "checkpoint_dir",
     "log_file",
     "val_log_file",
+    "val_sampled_log_file",
     "report_dir",
     "save_every",
     "save_total_limit",

@@ -44,5 +44,6 @@ def train(params: Params) -> dict[str, Any]:
     mlflow.log_metric("rsgrpo.skipped_records", summary["skipped_records"])  # rsgrpo.on_bad_record: skip
     history.publish(cfg.log_file, required=PLOTTED)  # the training steps (not the validation-only step 0)
     history.publish(cfg.val_log_file, required=("val/overall",))  # the validation steps
+    history.publish(cfg.val_sampled_log_file, required=("val_sampled/overall",))  # [] when val_sampled_n is 0
     get_run_logger().info("RS-GRPO done: %s", summary)
     return summary

@@ -43,7 +43,7 @@ STAGE_FILES: dict[str, tuple[list[str], list[str], list[str]]] = {
     "sft": (["data", "models/base"], ["models/sft", "plots/sft_loss.json"], []),
     "rsgrpo": (
         ["data", "models/sft"],
-        ["models/rsgrpo", "plots/rsgrpo.json", "plots/rsgrpo_val.json"],
+        ["models/rsgrpo", "plots/rsgrpo.json", "plots/rsgrpo_val.json", "plots/rsgrpo_val_sampled.json"],
         ["reports/rsgrpo"],
     ),
     "predict": (["data", "models/rsgrpo"], ["preds"], []),

@@ -204,6 +204,39 @@ def test_a_batch_without_advantage_signal_is_skipped(tiny_model_dir: Path, rl_fi
     assert all(torch.equal(p, b) for p, b in zip(run.policy.parameters(), before, strict=True))
 
 
+def test_sampled_validation_scores_n_responses_per_prompt_and_leaves_training_rollouts_unchanged(
+    tiny_model_dir: Path, rl_file: Path, tmp_path: Path, stub_rewards
+):
+    """val_sampled/* averages val_sampled_n responses per held-out prompt at the rollout temperature; it draws
+    from a forked RNG, so the training step after it samples what it would have sampled without it."""
+    from evisrag_core import rsgrpo_loop
+    from evisrag_core.rsgrpo_loop import build_run, train_step, validate
+
+    def validate_then_step(val_sampled_n: int) -> tuple[dict[str, float], list[list[str]]]:
+        folder = tmp_path / f"sampled-{val_sampled_n}"
+        cfg = config(folder, tiny_model_dir, val_size=2, max_new_tokens=6, val_sampled_n=val_sampled_n)
+        run = build_run(cfg, rl_file, seed=0)
+        torch.manual_seed(11)
+        metrics = validate(run)
+        _, batch = train_step(run)
+        return metrics, [group.texts for group in batch.groups]
+
+    scored: list[int] = []
+    real_group_rewards = rsgrpo_loop.group_rewards
+    counting = lambda group, cfg: scored.append(len(group.texts)) or real_group_rewards(group, cfg)  # noqa: E731
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(rsgrpo_loop, "group_rewards", counting)
+        with_sampled, texts_with = validate_then_step(val_sampled_n=3)
+    without, texts_without = validate_then_step(val_sampled_n=0)
+
+    assert scored[:4] == [1, 1, 3, 3]  # 2 held-out prompts near-greedy, then 3 samples each, then training
+    assert texts_with == texts_without
+    assert {k: v for k, v in with_sampled.items() if k.startswith("val/")} == without
+    sampled = {k: v for k, v in with_sampled.items() if k.startswith("val_sampled/")}
+    assert set(sampled) == {f"val_sampled/{key}" for key in rsgrpo_loop.REWARD_KEYS} | {"val_sampled/answer_accuracy"}
+    assert 0.0 <= sampled["val_sampled/answer_accuracy"] <= 1.0
+
+
 def distinct_reward(response: str, ground_truth: str, response_length: int, **limits: int) -> dict[str, float]:
     """A stub table whose every component differs between any two texts: all components active in any rows."""
     components = {name: zlib.crc32(f"{name}{response}".encode()) % 1000 / 1000 for name in REWARD_COMPONENTS}
