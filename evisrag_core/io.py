@@ -108,10 +108,25 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 
 def append_jsonl(handle: Any, row: dict[str, Any]) -> None:
-    """Append one record and flush it to disk, so a crash loses at most the record being written."""
-    handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    handle.flush()
-    os.fsync(handle.fileno())
+    """Append one record and flush it to disk, so a crash loses at most the record being written.
+
+    The bytes go straight to the file descriptor, not through `handle`'s buffer: after a failed write nothing is
+    left buffered for `close` to retry (and fail on again, hiding the error below)."""
+    data = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
+    try:
+        handle.flush()  # whatever a caller wrote through `handle` goes first
+        written = 0
+        while written < len(data):
+            written += os.write(handle.fileno(), data[written:])
+        os.fsync(handle.fileno())
+    except OSError as err:
+        if err.errno not in _NO_SPACE:
+            raise
+        raise DiskFullError(
+            err.errno,
+            f"{handle.name}: disk full while appending ({err.strerror}); the records before this one are kept. "
+            "Free space (or raise the file-size limit) and rerun: the run continues after the last whole record.",
+        ) from err
 
 
 @contextmanager

@@ -394,12 +394,14 @@ def validate(run: Run) -> dict[str, float]:
 def validate_sampled(run: Run) -> dict[str, float]:
     """`val_sampled_n` responses per held-out prompt at the *rollout* temperature/top_p: the expected reward of the
     distribution RS-GRPO optimises. Near-greedy validation saturates once SFT answers right (the embedded default
-    reaches the maximum 7.0), while sampled responses still show what RL sharpens. Drawn from a forked RNG seeded by
-    the step, so turning it on or off leaves the training rollouts unchanged."""
+    reaches the maximum 7.0), while sampled responses still show what RL sharpens. Every validation starts from the
+    same seed (common random numbers: an unchanged policy draws the same responses, so the curve shows the policy's
+    change rather than sampling noise), on a forked RNG, so turning it on or off leaves the training rollouts as
+    they were."""
     cfg = run.cfg
     sampling = Sampling(cfg.val_sampled_n, cfg.temperature, cfg.top_p, cfg.max_new_tokens)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(random.Random(f"{run.seed}-rsgrpo-val-sampled-{run.step}").getrandbits(63))
+        torch.manual_seed(random.Random(f"{run.seed}-rsgrpo-val-sampled").getrandbits(63))
         return held_out_metrics(run, sampling, "val_sampled")
 
 

@@ -585,6 +585,8 @@ predict_split(requests, Path({str(out)!r}), Echo(), batch_size=4)
 """
     result = _run_limited(body, limit=2000)
     assert result.returncode != 0 and "File too large" in result.stderr
+    assert f"DiskFullError: [Errno 27] {out}: disk full while appending (File too large)" in result.stderr
+    assert "the records before this one are kept" in result.stderr
     kept = out.read_bytes()
     assert 0 < len(kept) <= 2000
 
