@@ -31,6 +31,15 @@ def _prefect_api_url() -> str | None:
         return str(client.api_url)
 
 
+def stage_environment() -> dict[str, str]:
+    """The environment of the `dvc repro` child: this interpreter's scripts folder first on PATH, because every
+    dvc.yaml stage runs `evisrag ...` and `.venv/bin/evisrag pipeline` is often called without an activated venv."""
+    env = dict(os.environ)
+    scripts = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([scripts, *(p for p in env.get("PATH", "").split(os.pathsep) if p and p != scripts)])
+    return env
+
+
 @task(name="dvc-repro", **TASK_DEFAULTS)
 def dvc_repro(targets: list[str], force: bool, env: dict[str, str]) -> None:
     logger = get_run_logger()
@@ -75,7 +84,7 @@ def pipeline_flow(
     tags = {**params.tracking.tags, "evisrag.git_commit": tracking.git_commit() or "unknown"}
     with mlflow.start_run(run_name="pipeline", tags=tags) as run:
         mlflow.log_params(tracking.flatten(params.model_dump(mode="json")))
-        env = dict(os.environ)
+        env = stage_environment()
         env[tracking.PARENT_RUN_ENV] = run.info.run_id
         api_url = _prefect_api_url()
         if api_url:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from PIL import Image
 from evisrag_core.config import PredictParams
 from evisrag_core.predict import Request, Sampling, TransformersBackend
 from flows.cli import main
+from flows.pipeline import stage_environment
 
 QUERY = "What colour is the square on the red background?"
 
@@ -142,3 +145,16 @@ def test_unknown_params_key_exits_2_and_lists_the_valid_keys(
 def test_missing_params_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--params", str(tmp_path / "absent.yaml"), "metrics"]) == 2
     assert "absent.yaml not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "path", ["/usr/bin:/bin", "", "{scripts}:/usr/bin", "/usr/bin:{scripts}"], ids=["plain", "empty", "first", "last"]
+)
+def test_pipeline_puts_its_own_scripts_first_on_the_stage_path(monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+    """dvc.yaml stages run `evisrag ...`: `.venv/bin/evisrag pipeline` without an activated venv must find it."""
+    scripts = str(Path(sys.executable).parent)
+    monkeypatch.setenv("PATH", path.format(scripts=scripts))
+    entries = stage_environment()["PATH"].split(os.pathsep)
+    assert entries[0] == scripts
+    assert entries.count(scripts) == 1
+    assert entries[1:] == [e for e in path.format(scripts=scripts).split(os.pathsep) if e and e != scripts]
