@@ -294,6 +294,17 @@ def main(argv: list[str] | None = None) -> int:
     except (ParamsError, BadRecordError, FileNotFoundError, DiskFullError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    finally:
+        leave_process_group()
+
+
+def leave_process_group() -> None:
+    """Under torchrun, tear the process group down before the interpreter exits. Left to exit-time destructors, a
+    rank that has finished its work can abort ("terminate called without an active exception", SIGABRT) and
+    torchrun then fails the whole run."""
+    torch = sys.modules.get("torch")  # never import torch (seconds) for a stage that did not use it
+    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -118,6 +118,11 @@ def test_mlflow_has_parent_run_with_nested_stage_runs(project):
     assert children["evaluate"]["metrics"]["overall.cnt_global"] == 16
     assert any(k.startswith("dvc.outs.") for k in children["sft"]["tags"])
     assert "sft.loss" in children["sft"]["metrics"]
+    # on_bad_record counts are stage metrics (0 here: the embedded data has no bad record)
+    assert children["sft"]["metrics"]["sft.skipped_records"] == 0
+    assert children["rsgrpo"]["metrics"]["rsgrpo.skipped_records"] == 0
+    for bench in ("ColorSquare", "ColorBackground"):
+        assert children["predict"]["metrics"][f"{bench}.skipped_records"] == 0
     assert parents[0]["tags"]["evisrag.git_commit"] != "unknown"
 
 
