@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test test-fast lint venv clean-run bench bench-quick
+.PHONY: run test test-fast lint venv clean-run bench bench-quick bench-quality
 
 venv: $(STAMP)
 
@@ -45,3 +45,8 @@ bench: venv
 bench-quick: venv
 	$(BIN)/pip install --quiet --disable-pip-version-check -r bench/requirements.txt -c constraints.txt
 	$(BIN)/python bench/run_all.py --quick
+
+## make bench-quality: held-out reward of models/sft vs models/rsgrpo, paired by prompt with a 95 % interval (after
+## `make run`); writes bench/results/rsgrpo_quality.json
+bench-quality: venv
+	$(BIN)/python bench/bench_rsgrpo_quality.py --project .

@@ -8,7 +8,7 @@
 #   sft-rsgrpo    SFT, then RS-GRPO (the default)        (no change)
 #
 # and RS-GRPO's own effect, from a deliberately under-trained SFT model (SFT stopped at step 500 of its 900-step
-# schedule, then 100 RL steps; README "Current results"):
+# schedule, then 100 RL steps of 4 prompts; README "Current results"):
 #
 #   weak-sft         the under-trained SFT model alone   sft.stop_at_step=500 predict.model_dir=models/sft
 #   weak-sft-grpo    it, then plain GRPO                 ... rsgrpo.mode=grpo rsgrpo.steps=100
@@ -31,7 +31,9 @@ cd "$(dirname "$0")/.."
 # default never gets past it (FilterExhaustedError at step 2), so rsgrpo-nosft runs without it unless
 # NOSFT_FILTERING=true (a real base model such as Qwen2.5-VL-7B earns rewards: keep it on there).
 nosft_filtering="${NOSFT_FILTERING:-false}"
-weak="sft.stop_at_step=${WEAK_SFT_STEPS:-500} rsgrpo.steps=${WEAK_RL_STEPS:-100}"
+# The weak-start runs keep the RL batch they were measured with (4 prompts per step; README "RS-GRPO's own effect"),
+# not params.yaml's default (16 since the default was tuned on the held-out reward).
+weak="sft.stop_at_step=${WEAK_SFT_STEPS:-500} rsgrpo.steps=${WEAK_RL_STEPS:-100} rsgrpo.rollout_batch_size=${WEAK_RL_BATCH:-4}"
 declare -A SWITCHES=(
   [base]="predict.model_dir=models/base rsgrpo.model_dir=models/sft rsgrpo.mode=rsgrpo rsgrpo.online_filtering=true"
   [sft]="predict.model_dir=models/sft rsgrpo.model_dir=models/sft rsgrpo.mode=rsgrpo rsgrpo.online_filtering=true"

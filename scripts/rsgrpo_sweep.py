@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -19,7 +20,24 @@ import yaml
 
 from evisrag_core import rsgrpo_loop
 from evisrag_core.config import parse_params
+from evisrag_core.data.hub import RL_VAL_FILE
 from evisrag_core.data.schema import RL_FILE
+
+
+def fixed_split(rl_file: Path, val_size: int, split_seed: int, folder: Path) -> Path:
+    """An rl.jsonl of the training prompts of `split_seed`'s split, beside an rl_val.jsonl of its held-out ones, so
+    a run with another seed validates on the same prompts (split_prompts reads rl_val.jsonl when it exists)."""
+    train, val = rsgrpo_loop.split_prompts(rl_file, val_size, split_seed)
+    rows = [line for line in rl_file.read_text().splitlines() if line.strip()]
+    by_id = {json.loads(line)["id"]: line for line in rows}
+    folder.mkdir(parents=True, exist_ok=True)
+    for prompt in (*train, *val):  # copies, not symlinks: the loader refuses images that resolve outside the folder
+        for ref in prompt.image_refs:
+            (folder / ref).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(rl_file.parent / ref, folder / ref)
+    (folder / RL_FILE).write_text("".join(by_id[p.id] + "\n" for p in train))
+    (folder / RL_VAL_FILE).write_text("".join(by_id[p.id] + "\n" for p in val))
+    return folder / RL_FILE
 
 
 def main() -> None:
@@ -27,6 +45,12 @@ def main() -> None:
     parser.add_argument("--project", type=Path, default=Path("."), help="a folder where the sft stage has run")
     parser.add_argument("--name", required=True, help="the run's folder under --out")
     parser.add_argument("--out", type=Path, default=Path("work/sweeps"))
+    parser.add_argument(
+        "--seed",
+        type=int,
+        help="train with this seed instead of params.yaml's (rollout draws, prompt order), holding out the same "
+        "validation prompts: they are written to <out>/<name>/data/rl_val.jsonl and the rest to rl.jsonl",
+    )
     parser.add_argument("overrides", nargs="*", help="rsgrpo KEY=VALUE pairs")
     args = parser.parse_args()
 
@@ -41,11 +65,15 @@ def main() -> None:
         checkpoint_dir=str(out / "ckpt"),
         log_file=str(out / "log.json"),
         val_log_file=str(out / "val_plot.json"),
+        val_sampled_log_file=str(out / "val_sampled_plot.json"),
         report_every=0,
         save_every=10_000,
     )
     params = parse_params(raw, source=str(args.project / "params.yaml"))
     rl_file = args.project / params.data.out_dir / "train" / RL_FILE
+    seed = params.seed if args.seed is None else args.seed
+    if seed != params.seed:
+        rl_file = fixed_split(rl_file, params.rsgrpo.val_size, params.seed, out / "data")
     rows: list[dict[str, float]] = []
     start = time.time()
 
@@ -56,7 +84,7 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
 
-    rsgrpo_loop.train_rsgrpo(params.rsgrpo, rl_file, params.seed, on_step=on_step)
+    rsgrpo_loop.train_rsgrpo(params.rsgrpo, rl_file, seed, on_step=on_step)
     out.mkdir(parents=True, exist_ok=True)
     (out / "val.json").write_text(json.dumps(rows, indent=1))
 
