@@ -27,39 +27,40 @@ from typing import Any
 
 import torch
 
-from evisrag_core.config import ParamsError, load_params
+from evisrag_core.config import ParamsError, RSGRPOParams, load_params
 from evisrag_core.data.schema import RL_FILE
 from evisrag_core.io import write_json_atomic
 from evisrag_core.metrics import score_prediction
-from evisrag_core.rewards import REWARD_COMPONENTS
+from evisrag_core.modeling import load_model_and_processor
+from evisrag_core.rollout import PromptEncoder, RLPrompt, Sampling, TransformersRollout
+from evisrag_core.rsgrpo_loop import REWARD_KEYS, group_rewards, split_prompts
 
 log = logging.getLogger("bench_rsgrpo_quality")
-KEYS = ("overall", *REWARD_COMPONENTS, "answer_accuracy")
+KEYS = (*REWARD_KEYS, "answer_accuracy")  # the columns of group_rewards, then the answer accuracy
 
 
 def prompt_seed(seed: int, index: int) -> int:
     return random.Random(f"{seed}-bench-held-out-{index}").getrandbits(63)
 
 
-def per_prompt_means(model_dir: Path, params: Any, prompts: list[Any], n: int, temperature: float, top_p: float):
-    """For each prompt, the mean of every reward key over `n` responses sampled at (temperature, top_p)."""
-    from evisrag_core.modeling import load_model_and_processor
-    from evisrag_core.rollout import PromptEncoder, Sampling, TransformersRollout
-    from evisrag_core.rsgrpo_loop import group_rewards
-
-    cfg = params.rsgrpo
+def load_rollout(model_dir: Path, cfg: RSGRPOParams) -> TransformersRollout:
+    """The model as the rsgrpo stage samples from it (fp32 CPU, the stage's decoder and image sizes)."""
     model, processor = load_model_and_processor(model_dir, dtype=torch.float32, device="cpu")
-    encoder = PromptEncoder(
-        processor, cfg.prompt_template, (cfg.image_min_pixels, cfg.image_max_pixels), cfg.max_prompt_length
-    )
-    rollout = TransformersRollout(model, processor, encoder, cfg.rollout_decoder)
-    sampling = Sampling(n, temperature, top_p, cfg.max_new_tokens)
+    pixels = (cfg.image_min_pixels, cfg.image_max_pixels)
+    encoder = PromptEncoder(processor, cfg.prompt_template, pixels, cfg.max_prompt_length)
+    return TransformersRollout(model, processor, encoder, cfg.rollout_decoder)
+
+
+def per_prompt_means(
+    rollout: TransformersRollout, cfg: RSGRPOParams, prompts: list[RLPrompt], sampling: Sampling, seed: int
+) -> list[dict[str, float]]:
+    """For each prompt, the mean of every reward key over `sampling.n` responses, drawn after the prompt's seed."""
     rows = []
     for index, prompt in enumerate(prompts):
-        (group,) = rollout.generate([prompt], sampling, seeds=[prompt_seed(params.seed, index)])
-        rewards = group_rewards(group, cfg)  # (n, 7), columns overall + REWARD_COMPONENTS
+        (group,) = rollout.generate([prompt], sampling, seeds=[prompt_seed(seed, index)])
+        rewards = group_rewards(group, cfg)  # (n, 7), columns REWARD_KEYS
         accuracy = [score_prediction(t, [prompt.gold_answer], prompt.is_sufficient).acc for t in group.texts]
-        row = {key: float(rewards[:, c].mean()) for c, key in enumerate(KEYS[:-1])}
+        row = {key: float(rewards[:, c].mean()) for c, key in enumerate(REWARD_KEYS)}
         rows.append(row | {"answer_accuracy": statistics.fmean(accuracy)})
     return rows
 
@@ -84,8 +85,6 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
-    from evisrag_core.rsgrpo_loop import split_prompts
-
     try:
         params = load_params(args.project / "params.yaml")
     except ParamsError as err:
@@ -107,9 +106,11 @@ def main() -> None:
     measured: dict[str, dict[str, list[dict[str, float]]]] = {}
     for model in args.models:
         started = time.perf_counter()
-        model_dir = args.project / model
-        sampled = per_prompt_means(model_dir, params, prompts, args.samples, cfg.temperature, cfg.top_p)
-        greedy = per_prompt_means(model_dir, params, prompts, 1, cfg.val_temperature, cfg.val_top_p)
+        rollout = load_rollout(args.project / model, cfg)
+        sampled_at = Sampling(args.samples, cfg.temperature, cfg.top_p, cfg.max_new_tokens)
+        greedy_at = Sampling(1, cfg.val_temperature, cfg.val_top_p, cfg.max_new_tokens)
+        sampled = per_prompt_means(rollout, cfg, prompts, sampled_at, params.seed)
+        greedy = per_prompt_means(rollout, cfg, prompts, greedy_at, params.seed)
         measured[model] = {"sampled": sampled, "near_greedy": greedy}
         result["models"][model] = {"sampled": summarise(sampled), "near_greedy": summarise(greedy)}
         elapsed = time.perf_counter() - started
