@@ -30,10 +30,9 @@ import torch
 from evisrag_core.config import ParamsError, RSGRPOParams, load_params
 from evisrag_core.data.schema import RL_FILE
 from evisrag_core.io import write_json_atomic
-from evisrag_core.metrics import score_prediction
 from evisrag_core.modeling import load_model_and_processor
-from evisrag_core.rollout import PromptEncoder, RLPrompt, Sampling, TransformersRollout
-from evisrag_core.rsgrpo_loop import REWARD_KEYS, group_rewards, split_prompts
+from evisrag_core.rollout import RLPrompt, Sampling, TransformersRollout
+from evisrag_core.rsgrpo_loop import REWARD_KEYS, answer_accuracies, group_rewards, prompt_encoder, split_prompts
 
 log = logging.getLogger("bench_rsgrpo_quality")
 KEYS = (*REWARD_KEYS, "answer_accuracy")  # the columns of group_rewards, then the answer accuracy
@@ -46,9 +45,7 @@ def prompt_seed(seed: int, index: int) -> int:
 def load_rollout(model_dir: Path, cfg: RSGRPOParams) -> TransformersRollout:
     """The model as the rsgrpo stage samples from it (fp32 CPU, the stage's decoder and image sizes)."""
     model, processor = load_model_and_processor(model_dir, dtype=torch.float32, device="cpu")
-    pixels = (cfg.image_min_pixels, cfg.image_max_pixels)
-    encoder = PromptEncoder(processor, cfg.prompt_template, pixels, cfg.max_prompt_length)
-    return TransformersRollout(model, processor, encoder, cfg.rollout_decoder)
+    return TransformersRollout(model, processor, prompt_encoder(processor, cfg), cfg.rollout_decoder)
 
 
 def per_prompt_means(
@@ -59,9 +56,8 @@ def per_prompt_means(
     for index, prompt in enumerate(prompts):
         (group,) = rollout.generate([prompt], sampling, seeds=[prompt_seed(seed, index)])
         rewards = group_rewards(group, cfg)  # (n, 7), columns REWARD_KEYS
-        accuracy = [score_prediction(t, [prompt.gold_answer], prompt.is_sufficient).acc for t in group.texts]
         row = {key: float(rewards[:, c].mean()) for c, key in enumerate(REWARD_KEYS)}
-        rows.append(row | {"answer_accuracy": statistics.fmean(accuracy)})
+        rows.append(row | {"answer_accuracy": statistics.fmean(answer_accuracies(group))})
     return rows
 
 
@@ -112,9 +108,10 @@ def main() -> None:
         sampled = per_prompt_means(rollout, cfg, prompts, sampled_at, params.seed)
         greedy = per_prompt_means(rollout, cfg, prompts, greedy_at, params.seed)
         measured[model] = {"sampled": sampled, "near_greedy": greedy}
-        result["models"][model] = {"sampled": summarise(sampled), "near_greedy": summarise(greedy)}
+        summary = {"sampled": summarise(sampled), "near_greedy": summarise(greedy)}
+        result["models"][model] = summary
         elapsed = time.perf_counter() - started
-        log.info("%s: %.1f s, sampled overall %.3f", model, elapsed, summarise(sampled)["overall"])
+        log.info("%s: %.1f s, sampled overall %.3f", model, elapsed, summary["sampled"]["overall"])
     before, after = (measured[m] for m in args.models)
     result["gain"] = {
         kind: {key: paired_gain(before[kind], after[kind], key) for key in KEYS} for kind in ("sampled", "near_greedy")

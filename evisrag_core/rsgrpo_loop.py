@@ -405,6 +405,12 @@ def validate_sampled(run: Run) -> dict[str, float]:
         return held_out_metrics(run, sampling, "val_sampled")
 
 
+def answer_accuracies(group: Group) -> list[float]:
+    """Each response's answer accuracy against the prompt's gold answer (the fixed golds when insufficient)."""
+    prompt = group.prompt
+    return [score_prediction(text, [prompt.gold_answer], prompt.is_sufficient).acc for text in group.texts]
+
+
 def held_out_metrics(run: Run, sampling: Sampling, prefix: str) -> dict[str, float]:
     """Mean of every reward component and the answer accuracy over `sampling.n` responses per held-out prompt."""
     cfg = run.cfg
@@ -413,9 +419,7 @@ def held_out_metrics(run: Run, sampling: Sampling, prefix: str) -> dict[str, flo
     for start in range(0, len(run.val_prompts), chunk):
         for group in run.rollout.generate(run.val_prompts[start : start + chunk], sampling):
             rewards.append(group_rewards(group, cfg))
-            prompt = group.prompt
-            golds = [prompt.gold_answer]
-            accuracy.extend(score_prediction(text, golds, prompt.is_sufficient).acc for text in group.texts)
+            accuracy.extend(answer_accuracies(group))
     table = torch.cat(rewards)  # (val_size · sampling.n, 7)
     metrics = {f"{prefix}/{key}": float(table[:, c].mean()) for c, key in enumerate(REWARD_KEYS)}
     metrics[f"{prefix}/answer_accuracy"] = float(np.mean(accuracy))
@@ -527,6 +531,13 @@ def restore(run: Run, path: Path, state: dict[str, Any]) -> None:
 # --- setup and the loop -------------------------------------------------------------------------------------------
 
 
+def prompt_encoder(processor: Any, cfg: RSGRPOParams) -> PromptEncoder:
+    """The stage's prompt encoding: its template, image pixel bounds and prompt length limit."""
+    return PromptEncoder(
+        processor, cfg.prompt_template, (cfg.image_min_pixels, cfg.image_max_pixels), cfg.max_prompt_length
+    )
+
+
 def split_prompts(
     rl_file: Path, val_size: int, seed: int, bad: BadRecords | None = None
 ) -> tuple[list[RLPrompt], list[RLPrompt]]:
@@ -576,9 +587,7 @@ def build_run(
     if cfg.kl_coef > 0:
         reference, _ = load(cfg.model_dir)
         reference.requires_grad_(False)
-    encoder = PromptEncoder(
-        processor, cfg.prompt_template, (cfg.image_min_pixels, cfg.image_max_pixels), cfg.max_prompt_length
-    )
+    encoder = prompt_encoder(processor, cfg)
     if cfg.rollout_backend == "vllm":
         max_len = cfg.max_prompt_length + cfg.max_new_tokens
         rollout: TransformersRollout | VllmRollout = VllmRollout(cfg.model_dir, policy, processor, encoder, max_len)
