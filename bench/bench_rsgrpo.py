@@ -2,12 +2,12 @@
 
     .venv/bin/python bench/bench_rsgrpo.py [--quick] [--only compare,scaling] [--out FILE]
 
-compare  Ours (`evisrag_core.rsgrpo_loop`: rollout → rewards → spans → advantages → clipped loss → AdamW) against
+compare  Ours (`evisrag_core.rsgrpo.train`: rollout → rewards → spans → advantages → clipped loss → AdamW) against
          `trl.GRPOTrainer` on the same tiny Qwen2.5-VL (untrained, random weights), the same multi-image prompts
          (TRL 1.16 takes a conversational `prompt` with `{"type": "image"}` entries and an `images` column for
          vision-language models), n = 4 samples per prompt, the same prompts per step, the same maximum response
          length, temperature 1, top-p 1, no top-k, no KL (beta 0), one update per generation batch, vision tower
-         frozen on both sides, fp32 CPU. TRL's reward is our `overall` reward (evisrag_core.rewards.score), so both
+         frozen on both sides, fp32 CPU. TRL's reward is our `overall` reward (rsgrpo.rewards.score), so both
          sides pay for the same reward code; ours also computes the six component spans (that is the method).
          Online filtering is off on our side (TRL has none; a random model's groups would all be filtered).
          Each side runs in its own process; sides alternate across rounds. A step is timed from one optimizer step
@@ -93,7 +93,7 @@ def rl_config(model_dir: Path, run_dir: Path, n: int, prompts: int, max_new_toke
 
 def ours_steps(cfg: RSGRPOParams, rl_file: Path, seed: int, warmup: int, steps: int) -> list[dict[str, float]]:
     """Run warmup + steps RS-GRPO steps; per timed step: wall/CPU seconds, rollout/update split, response length."""
-    from evisrag_core import rsgrpo_loop as loop
+    from evisrag_core.rsgrpo import train as loop
 
     run = loop.build_run(cfg, rl_file, seed)
     timed = []
@@ -126,7 +126,7 @@ def trl_dataset(rl_file: Path, cfg: RSGRPOParams) -> Any:
     image), the image files in an `images` column, the tagged ground truth for the reward."""
     from datasets import Dataset, Image, List
 
-    from evisrag_core.rollout import PromptEncoder, load_rl_prompts
+    from evisrag_core.rsgrpo.rollout import PromptEncoder, load_rl_prompts
 
     prompts = load_rl_prompts(rl_file)
     encoder = PromptEncoder(None, cfg.prompt_template, (cfg.image_min_pixels, cfg.image_max_pixels), 10**9)
@@ -143,7 +143,7 @@ def trl_dataset(rl_file: Path, cfg: RSGRPOParams) -> Any:
 
 
 def overall_reward(cfg: RSGRPOParams):
-    from evisrag_core.rewards import score
+    from evisrag_core.rsgrpo.rewards import score
 
     limits = {"max_length": cfg.max_length, "buffer_length": cfg.buffer_length, "min_length": cfg.min_length}
 
@@ -163,7 +163,7 @@ def trl_steps(cfg: RSGRPOParams, rl_file: Path, seed: int, warmup: int, steps: i
     from trl import GRPOConfig, GRPOTrainer
 
     from evisrag_core.modeling import load_model_and_processor
-    from evisrag_core.sft import freeze_vision_tower
+    from evisrag_core.sft.train import freeze_vision_tower
 
     set_seed(seed)
     model, processor = load_model_and_processor(cfg.model_dir, dtype=torch.float32)

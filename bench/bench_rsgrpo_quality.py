@@ -31,8 +31,8 @@ from evisrag_core.config import ParamsError, RSGRPOParams, load_params
 from evisrag_core.data.schema import RL_FILE
 from evisrag_core.io import write_json_atomic
 from evisrag_core.modeling import load_model_and_processor
-from evisrag_core.rollout import RLPrompt, Sampling, TransformersRollout
-from evisrag_core.rsgrpo_loop import REWARD_KEYS, answer_accuracies, group_rewards, prompt_encoder, split_prompts
+from evisrag_core.rsgrpo.rollout import RLPrompt, Sampling, TransformersRollout
+from evisrag_core.rsgrpo.train import REWARD_KEYS, answer_accuracies, group_rewards, prompt_encoder, split_prompts
 
 log = logging.getLogger("bench_rsgrpo_quality")
 KEYS = (*REWARD_KEYS, "answer_accuracy")  # the columns of group_rewards, then the answer accuracy

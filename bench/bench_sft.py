@@ -134,7 +134,7 @@ def trl_dataset(sft_file: Path) -> Any:
     placeholder per image (the order our collator renders), the `images` column holds the files."""
     from datasets import Dataset, Image, List
 
-    from evisrag_core.sft import load_conversations
+    from evisrag_core.sft.train import load_conversations
 
     conversations = load_conversations(sft_file)
     rows = {
@@ -213,7 +213,7 @@ class StepClock:
 
 
 def run_ours(cfg: SFTParams, sft_file: Path, seed: int, clock: StepClock) -> None:
-    from evisrag_core.sft import train_sft
+    from evisrag_core.sft.train import train_sft
 
     train_sft(cfg, sft_file, seed, on_log=clock.mark)
 
@@ -225,7 +225,7 @@ def make_trl_trainer(cfg: SFTParams, sft_file: Path, seed: int, template_path: s
     from trl import SFTTrainer
 
     from evisrag_core.modeling import load_model_and_processor
-    from evisrag_core.sft import freeze_vision_tower, training_arguments
+    from evisrag_core.sft.train import freeze_vision_tower, training_arguments
 
     # The same preparation as train_sft: seed, fp32 load, right padding, train mode, vision tower per params.yaml.
     set_seed(seed)
@@ -314,7 +314,7 @@ def components(sft_file: Path, model_dir: Path, work: Path, reps: int) -> dict[s
     from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
     from evisrag_core.modeling import load_model_and_processor
-    from evisrag_core.sft import SFTCollator, freeze_vision_tower, load_conversations
+    from evisrag_core.sft.train import SFTCollator, freeze_vision_tower, load_conversations
 
     run_dir = work / "runs" / "components"
     cfg, seed = run_config(model_dir, run_dir, 1)

@@ -178,7 +178,7 @@ class SFTParams(_Section):
 
 # The released RS-GRPO settings (spec §5, `src/rsgrpo/examples/config.yaml` of the reference): `rsgrpo.profile:
 # paper` applies them over whatever params.yaml says. The reference's micro-batch of 1 response per device is kept,
-# so its per-micro-batch loss rescaling is reproduced too (see evisrag_core/rsgrpo_loop.py).
+# so its per-micro-batch loss rescaling is reproduced too (see evisrag_core/rsgrpo/train.py).
 PAPER_RSGRPO: dict[str, object] = {
     "model_dir": "models/sft",
     "mode": "rsgrpo",
@@ -222,7 +222,7 @@ PAPER_RSGRPO: dict[str, object] = {
 
 
 class RSGRPOParams(_Section):
-    """Stage 2: reward-scoped GRPO from the SFT model (spec §4, §5); read by evisrag_core.rsgrpo_loop.
+    """Stage 2: reward-scoped GRPO from the SFT model (spec §4, §5); read by evisrag_core.rsgrpo.train.
 
     `mode: grpo` is the plain-GRPO ablation: one scalar reward (`overall`) whose advantage covers the whole response.
     `profile: paper` replaces the keys of PAPER_RSGRPO with the released values (8 GPUs in the reference).
@@ -247,7 +247,7 @@ class RSGRPOParams(_Section):
     max_prompt_length: int = Field(15000, ge=1)  # longer prompts (text + image tokens) are an error
     micro_batch_size: int = Field(0, ge=0)  # responses per forward/backward; 0: the whole rollout batch at once
     rollout_backend: Literal["transformers", "vllm"] = "transformers"
-    # transformers backend: shared_prefix (one prefill per prompt, evisrag_core/decoding.py) | generate (n copies)
+    # transformers backend: shared_prefix (one prefill per prompt, rsgrpo/fast_decode.py) | generate (n copies)
     rollout_decoder: Literal["shared_prefix", "generate"] = "shared_prefix"
     learning_rate: float = Field(5e-5, gt=0.0)
     weight_decay: float = Field(0.01, ge=0.0)
@@ -281,7 +281,7 @@ class RSGRPOParams(_Section):
     prompt_template: Literal["model_card", "repository"] = "model_card"
     on_bad_record: OnBadRecord = "error"  # error | skip: leave bad rl.jsonl records out, counted (skipped_records)
     # token_ids: tags found by their bare token ids, as the reference (a tag merged into a neighbouring token is
-    # missed and its span falls back to start/end); char_offsets: found in the decoded text (evisrag_core/spans.py)
+    # missed and its span falls back to start/end); char_offsets: found in the decoded text (rsgrpo/spans.py)
     span_locator: Literal["token_ids", "char_offsets"] = "token_ids"
     # batch: one sampling stream per rollout batch; group: each prompt's n rollouts seeded by (seed, its draw index),
     # so rollouts do not depend on how groups are batched or split over ranks (needed with `deepspeed`)

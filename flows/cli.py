@@ -50,7 +50,7 @@ def launch_rank() -> int:
 
 def cmd_rsgrpo(args: argparse.Namespace) -> int:
     """Like `cmd_sft`: under `torchrun` rank 0 runs the Prefect flow, the other ranks train beside it; `--dry-run`
-    checks the configuration (evisrag_core/rsgrpo_plan.py) without loading a model."""
+    checks the configuration (evisrag_core/rsgrpo/preflight.py) without loading a model."""
     if not args.dry_run:
         if launch_rank() > 0:
             from tasks.rsgrpo import train_on_worker_rank
@@ -61,7 +61,7 @@ def cmd_rsgrpo(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from evisrag_core.data.schema import RL_FILE
-    from evisrag_core.rsgrpo_plan import PlanError, plan_rsgrpo
+    from evisrag_core.rsgrpo.preflight import PlanError, plan_rsgrpo
 
     params = load_params(args.params)
     rl_file = Path(params.data.out_dir) / "train" / RL_FILE
@@ -90,7 +90,7 @@ def cmd_sft(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from evisrag_core.data.schema import SFT_FILE
-    from evisrag_core.sft_plan import PlanError, plan_sft
+    from evisrag_core.sft.preflight import PlanError, plan_sft
 
     params = load_params(args.params)
     sft_file = Path(params.data.out_dir) / "train" / SFT_FILE

@@ -1,6 +1,6 @@
 """`evisrag plan`: will the paper's 7B SFT and RS-GRPO runs fit on N GPUs of a type? (estimates, no GPU needed)
 
-The arithmetic lives in evisrag_core/capacity.py and evisrag_core/capacity_plan.py; this module only wires the
+The arithmetic lives in evisrag_core/capacity/model.py and evisrag_core/capacity/plan.py; this module only wires the
 command's options to it. No Prefect flow: the command reads params.yaml and prints, nothing else.
 """
 
@@ -11,8 +11,8 @@ import json
 import sys
 from dataclasses import fields
 
-from evisrag_core.capacity import GPUS
-from evisrag_core.capacity_plan import PlanRequest, build_plan, format_plan, paper_profiles
+from evisrag_core.capacity.model import GPUS
+from evisrag_core.capacity.plan import PlanRequest, build_plan, format_plan, paper_profiles
 from evisrag_core.config import load_params
 
 _DEFAULTS = {f.name: f.default for f in fields(PlanRequest)}

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import yaml
 
-from evisrag_core import rsgrpo_loop
 from evisrag_core.config import parse_params
 from evisrag_core.data.hub import RL_VAL_FILE
 from evisrag_core.data.schema import RL_FILE
+from evisrag_core.rsgrpo import train as rsgrpo_loop
 
 
 def fixed_split(rl_file: Path, val_size: int, split_seed: int, folder: Path) -> Path:

@@ -8,10 +8,10 @@ from typing import Any
 import mlflow
 from prefect import get_run_logger, task
 
-from evisrag_core import rsgrpo_loop
 from evisrag_core.config import Params
 from evisrag_core.data.schema import RL_FILE
 from evisrag_core.io import StepLog
+from evisrag_core.rsgrpo import train as rsgrpo_loop
 from tasks import TASK_DEFAULTS
 
 # the rows of the DVC plot (dvc.yaml: rsgrpo's plots y) hold every step's reward means

@@ -8,10 +8,10 @@ from typing import Any
 import mlflow
 from prefect import get_run_logger, task
 
-from evisrag_core import sft
 from evisrag_core.config import Params
 from evisrag_core.data.schema import SFT_FILE
 from evisrag_core.io import StepLog
+from evisrag_core.sft import train as sft
 from tasks import TASK_DEFAULTS
 
 

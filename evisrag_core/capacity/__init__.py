@@ -1,0 +1,1 @@
+"""Capacity planning (`evisrag plan`): memory and time models of a GPU run, and the plan built from them."""

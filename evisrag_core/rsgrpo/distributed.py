@@ -1,0 +1,232 @@
+"""RS-GRPO on several ranks: DeepSpeed ZeRO-2 for the update, the rollout batch's prompt groups split over ranks.
+
+Used by `evisrag_core.rsgrpo.train` when `rsgrpo.deepspeed` is set and the process was started by `torchrun` with
+WORLD_SIZE > 1; the single-process loop does not touch this module. With W ranks, P prompt groups per rollout batch
+and n rollouts per prompt (B = P·n responses):
+
+- Rollouts (steps 1-2). Every rank draws the same P prompts (the prompt order and cursor are shared), samples and
+  scores the contiguous P/W of them it owns, then all ranks exchange the response ids, texts and rewards (small),
+  so filtering, spans and advantages (steps 3-5) run on the whole batch, identically on every rank. A group is never
+  split: its advantages are normalised inside it. With `rollout_seeding: group` a group's samples depend on its
+  seed only, so W ranks sample exactly what one process samples.
+- Update (steps 6-7). The B responses are cut into micro-batches of m (`micro_batch_size`, or B/W when 0); rank r
+  takes the r-th contiguous W-th of them. The span-token counts N_j behind each micro-batch's share N_j(mb)/N_j come
+  from the whole batch, so the micro-batch losses add up to the single-process loss of the same micro-batches.
+  DeepSpeed averages gradients over ranks, so each rank's loss is multiplied by W; `engine.backward` runs without
+  its 1/accumulation scaling (the shares already weight the micro-batches). `engine.step` clips the global
+  gradient norm (`gradient_clipping` = max_grad_norm) and applies the AdamW update.
+- ZeRO-2, not ZeRO-3: rollouts call `generate` on every rank. ZeRO-2 partitions optimizer states and gradients but
+  keeps each rank's parameters whole, so `generate` runs as in one process. ZeRO-3 partitions the parameters too;
+  generate would need them gathered (`deepspeed.zero.GatheredParameters` over the whole model) around every rollout
+  and all ranks in lock-step through every decoding step (`synced_gpus`), which costs ZeRO-3's memory saving back
+  and is refused here with that explanation.
+- Rank 0 alone writes logs, reports, validation and the final model; checkpoints hold the model and step state from
+  rank 0 and one DeepSpeed optimizer partition per rank (`engine.save_checkpoint`), and resume restores them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from evisrag_core.config import RSGRPOParams
+from evisrag_core.rsgrpo.rollout import Group, PromptEncoder, RLPrompt
+
+log = logging.getLogger(__name__)
+DEEPSPEED_TAG = "deepspeed"  # the engine checkpoint's sub-folder inside a step-NNNNNN checkpoint
+
+Scored = tuple[list[Group], list[torch.Tensor]]  # groups and their (n, 7) rewards
+
+
+def launched_world() -> tuple[int, int]:
+    """(rank, world size) of a torchrun launch; (0, 1) otherwise."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def use_deepspeed(cfg: RSGRPOParams) -> bool:
+    """The distributed update runs when a DeepSpeed config is set and torchrun started more than one rank."""
+    if not cfg.deepspeed:
+        return False
+    if launched_world()[1] < 2:
+        log.warning("rsgrpo.deepspeed is set but this is a single process: the plain single-process update runs")
+        return False
+    return True
+
+
+def micro_batch_size(cfg: RSGRPOParams, world: int) -> int:
+    """Responses per forward/backward on a rank: micro_batch_size, or a rank's whole share when it is 0."""
+    return cfg.micro_batch_size or cfg.rollout_batch_size * cfg.n // world
+
+
+def check_layout(cfg: RSGRPOParams, world: int) -> list[str]:
+    """Why `cfg` cannot be split over `world` ranks (empty when it can)."""
+    problems = []
+    if cfg.rollout_batch_size % world:
+        problems.append(
+            f"rsgrpo.rollout_batch_size={cfg.rollout_batch_size} is not divisible by the {world} ranks: each rank "
+            "rolls out whole prompt groups, the same number on every rank"
+        )
+        return problems
+    share = cfg.rollout_batch_size * cfg.n // world
+    if cfg.micro_batch_size and share % cfg.micro_batch_size:
+        problems.append(
+            f"rsgrpo.micro_batch_size={cfg.micro_batch_size} does not divide a rank's {share} responses "
+            f"(rollout_batch_size × n / ranks): every rank must run the same number of micro-batches"
+        )
+    return problems
+
+
+def deepspeed_config(cfg: RSGRPOParams, world: int, bf16: bool) -> dict[str, Any]:
+    """The JSON of `rsgrpo.deepspeed` with its "auto" batch, clipping and precision entries filled from params."""
+    path = Path(cfg.deepspeed or "")
+    ds = json.loads(path.read_text())
+    stage = ds.get("zero_optimization", {}).get("stage", 0)
+    if stage == 3:
+        raise ValueError(
+            f"{path}: ZeRO-3 partitions the parameters, but every rank calls generate for its rollouts; use "
+            "configs/deepspeed/zero2.json (module docstring of evisrag_core/rsgrpo/distributed.py)"
+        )
+    micro = micro_batch_size(cfg, world)
+    filled = {
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": cfg.rollout_batch_size * cfg.n // world // micro,
+        "train_batch_size": cfg.rollout_batch_size * cfg.n,
+        "gradient_clipping": cfg.max_grad_norm,
+    }
+    for key, value in filled.items():
+        if ds.get(key, "auto") == "auto":
+            ds[key] = value
+        elif ds[key] != value:
+            raise ValueError(f'{path}: {key}={ds[key]} but rsgrpo params give {value}; set it to "auto"')
+    ds["bf16"] = {**ds.get("bf16", {}), "enabled": bf16}
+    ds.setdefault("steps_per_print", 10**9)  # the loop logs its own metrics
+    return ds
+
+
+@dataclass
+class Distributed:
+    """This rank's place in the launch and its DeepSpeed engine (wrapping the policy being trained)."""
+
+    rank: int
+    world: int
+    engine: Any
+    encoder: PromptEncoder
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    # --- steps 1-2: each rank samples and scores its share, then everyone has everything ---------------------------
+
+    def rollout_and_score(
+        self,
+        prompts: Sequence[RLPrompt],
+        seeds: Sequence[int] | None,
+        sample: Callable[[Sequence[RLPrompt], Sequence[int] | None], Scored],
+    ) -> Scored:
+        """`sample(prompts, seeds)` on this rank's contiguous share of the prompts; the groups and rewards of all
+        ranks, in prompt order. Groups sampled on other ranks carry no encoded prompt (`inputs=None`); the update
+        encodes the ones it needs (`with_inputs`)."""
+        per_rank = len(prompts) // self.world
+        mine = slice(self.rank * per_rank, (self.rank + 1) * per_rank)
+        groups, rewards = sample(prompts[mine], None if seeds is None else seeds[mine])
+        payload = [
+            ([ids.tolist() for ids in group.responses], list(group.texts), reward.tolist())
+            for group, reward in zip(groups, rewards, strict=True)
+        ]
+        gathered: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(gathered, payload)
+        all_groups, all_rewards = [], []
+        for rank, shares in enumerate(gathered):
+            for k, (responses, texts, reward) in enumerate(shares):
+                if rank == self.rank:
+                    all_groups.append(groups[k])
+                else:
+                    prompt = prompts[rank * per_rank + k]
+                    ids = tuple(torch.tensor(r, dtype=torch.long) for r in responses)
+                    all_groups.append(Group(prompt, None, ids, tuple(texts)))  # type: ignore[arg-type]
+                all_rewards.append(torch.tensor(reward, dtype=torch.float32))
+        return all_groups, all_rewards
+
+    def with_inputs(self, groups: list[Group], rows: Sequence[int]) -> list[Group]:
+        """`groups` with the encoded prompt filled in for the groups of `rows` that were sampled on another rank."""
+        n = len(groups[0].responses)
+        needed = sorted({row // n for row in rows if groups[row // n].inputs is None})
+        groups = list(groups)
+        for g in needed:
+            groups[g] = replace(groups[g], inputs=self.encoder([groups[g].prompt])[0])
+        return groups
+
+    # --- steps 6-7 ---------------------------------------------------------------------------------------------------
+
+    def my_micro_batches(self, micro_batches: list[list[int]]) -> list[list[int]]:
+        per_rank = len(micro_batches) // self.world
+        return micro_batches[self.rank * per_rank : (self.rank + 1) * per_rank]
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """∇ of this rank's part of the loss; ×W because DeepSpeed averages the ranks' gradients."""
+        self.engine.backward(loss * self.world, scale_wrt_gas=False)
+
+    def step(self) -> float:
+        """The micro-batch's `engine.step`; at the last one of the batch DeepSpeed clips and updates. Returns the
+        global gradient norm before clipping (meaningful after the last micro-batch)."""
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    def sum(self, values: dict[str, float]) -> dict[str, float]:
+        """Element-wise sum of a metrics dict over ranks (every rank passes the same keys)."""
+        keys = sorted(values)
+        tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+        torch.distributed.all_reduce(tensor)
+        return dict(zip(keys, tensor.tolist(), strict=True))
+
+    def barrier(self) -> None:
+        torch.distributed.barrier()
+
+    # --- checkpoints ------------------------------------------------------------------------------------------------
+
+    def save_checkpoint(self, target: Path, write_rank0: Callable[[Path], None]) -> None:
+        """All ranks write their DeepSpeed partitions into a staging folder; rank 0 adds the model and the step
+        state (`write_rank0(staging)`) and renames it into place, so a kill never leaves a half checkpoint."""
+        staging = target.with_name(f".{target.name}.saving")
+        if self.is_main:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+        self.barrier()
+        self.engine.save_checkpoint(str(staging), tag=DEEPSPEED_TAG, save_latest=False)
+        self.barrier()
+        if self.is_main:
+            write_rank0(staging)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(staging, target)
+        self.barrier()
+
+    def load_checkpoint(self, path: Path) -> None:
+        """The optimizer partitions (and the module, identical to the one the policy was loaded from)."""
+        self.engine.load_checkpoint(str(path), tag=DEEPSPEED_TAG, load_lr_scheduler_states=False)
+
+
+def init_distributed(policy: Any, optimizer: torch.optim.Optimizer, cfg: RSGRPOParams, bf16: bool, encoder: Any):
+    """Join the ranks (gloo on CPU, nccl on GPUs) and wrap the policy and its AdamW in a DeepSpeed engine."""
+    import deepspeed
+
+    rank, world = launched_world()
+    problems = check_layout(cfg, world)
+    if problems:
+        raise ValueError("; ".join(problems))
+    if not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        deepspeed.init_distributed(dist_backend=backend)
+    engine, _, _, _ = deepspeed.initialize(model=policy, optimizer=optimizer, config=deepspeed_config(cfg, world, bf16))
+    log.info("rank %d/%d: DeepSpeed ZeRO-%d engine ready", rank, world, engine.zero_optimization_stage())
+    return Distributed(rank, world, engine, encoder)

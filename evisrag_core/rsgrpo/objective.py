@@ -1,0 +1,163 @@
+"""RS-GRPO maths (spec §5): group advantages per reward component, scoped to spans, and the clipped policy loss.
+
+Notation (shapes in brackets): B responses, n reward components, T response tokens.
+
+    R        [B, n]     component rewards of each response (`evisrag_core.rsgrpo.rewards.score`, weighted)
+    g(i)                the group of response i: the n rollouts of the same prompt
+    A        [B, n]     A[i, j] = (R[i, j] - mean_{k∈g(i)} R[k, j]) / (std_{k∈g(i)} R[k, j] + eps)   (Bessel's std)
+    span     [B, n, T]  span[i, j, t] = 1 when token t of response i belongs to component j (`rsgrpo.spans`)
+    ratio    [B, T]     ρ = exp(log π_θ(y_t) - log π_old(y_t))
+
+Per component j, with clipped ratio ρ̄ = clip(ρ, 1 - ε_low, 1 + ε_high) and dual clip c (Ye et al. 2020):
+
+    ℓ[i, j, t] = max(-A ρ, -A ρ̄)                  if A ≥ 0
+               = min(max(-A ρ, -A ρ̄), -A c)        if A < 0
+    L_j        = Σ_{i,t} span ℓ / (Σ_{i,t} span + 1e-8)             (token mean over j's span in the mini-batch)
+    L          = Σ_j L_j / |{j : L_j ≠ 0}|                           (mean over components with a non-zero loss)
+
+"Non-zero" is the reference's exact float test `L_j != 0.0`: a component whose advantages are all 0 on its span
+(every group agreed on it) drops out of the average, and so does a component whose span is empty in the mini-batch.
+(The reference rescales each L_j by its micro-batch share of the mini-batch's span tokens, which is 0/0 = NaN for an
+empty span: its whole step turns NaN and its optimizer skips it. Here that component simply drops out.)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Sequence
+
+import torch
+
+MASK_EPS = 1e-8  # the reference's masked-mean epsilon
+
+
+def _group_indices(group_ids: Sequence[Hashable], batch: int) -> list[list[int]]:
+    if len(group_ids) != batch:
+        raise ValueError(f"group_ids has {len(group_ids)} entries for a batch of {batch} responses")
+    groups: dict[Hashable, list[int]] = {}
+    for i, group in enumerate(group_ids):
+        groups.setdefault(group, []).append(i)
+    return list(groups.values())
+
+
+def group_advantages(rewards: torch.Tensor, group_ids: Sequence[Hashable], eps: float = 1e-6) -> torch.Tensor:
+    """A[i, j] = (R[i, j] - mean_g R[·, j]) / (std_g R[·, j] + eps), each component normalised inside its group.
+
+    rewards: (B, n); group_ids: B hashable ids (responses to the same prompt share one; groups may interleave).
+    Returns (B, n) in the dtype of `rewards`.
+
+    - A group whose rewards for component j are all equal gets A[·, j] = 0 exactly (std = 0, numerator 0). The
+      group is shifted by its first member's rewards before averaging, which leaves A unchanged mathematically and
+      keeps `R - mean` exactly 0 in floating point.
+    - A group of one response has no Bessel std (0/0); the reference stops with "GRPO needs rollout.n > 1", and so
+      does this function: ValueError.
+    """
+    batch = rewards.shape[0]
+    rewards64 = rewards.detach().to(torch.float64)
+    advantages = torch.zeros_like(rewards64)  # (B, n)
+    for members in _group_indices(group_ids, batch):
+        if len(members) < 2:
+            raise ValueError(
+                f"group of response {members[0]} has a single rollout; GRPO needs at least 2 rollouts per prompt"
+            )
+        index = torch.tensor(members, device=rewards.device)
+        group = rewards64[index] - rewards64[index[0]]  # (group size, n), shifted by the first member
+        advantages[index] = (group - group.mean(dim=0)) / (group.std(dim=0, correction=1) + eps)
+    return advantages.to(rewards.dtype)
+
+
+def token_advantages(advantages: torch.Tensor, span_masks: torch.Tensor) -> torch.Tensor:
+    """A[i, j] on every token t of component j's span, 0 elsewhere. (B, n), (B, n, T) → (B, n, T)."""
+    return advantages.unsqueeze(-1) * span_masks.to(advantages.dtype)
+
+
+def policy_loss(
+    log_probs: torch.Tensor,
+    old_log_probs: torch.Tensor,
+    advantages: torch.Tensor,
+    span_masks: torch.Tensor,
+    clip_low: float = 0.2,
+    clip_high: float = 0.28,
+    dual_clip: float = 3.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Reward-scoped PPO loss L of the module docstring, over one mini-batch.
+
+    log_probs (B, T) with gradient; old_log_probs (B, T); advantages (B, n); span_masks (B, n, T), padding excluded.
+    The log ratio is clamped to [-20, 20] before exp, as in the reference.
+
+    Returns (L, stats). When every L_j is 0, the divisor is clamped to 1 and L = Σ_j L_j: a tensor whose value is 0
+    and which still carries the graph, where the reference divides 0 by 0 and gets NaN (its optimizer then skips
+    the step); `stats["n_active_components"]` is 0 so the caller can skip the step too. Its gradient Σ_j ∇L_j is
+    zero only when every advantage on every span is 0 (or every span is empty). A value of 0 does not imply that:
+    with ρ ≡ 1 (on-policy, old_log_probs = log_probs.detach()) L_j = −Σ A / N_j, which is exactly 0 when a group's
+    advantages cancel over equal-length spans, while ∇L_j = −Σ A ∇log π / N_j is not. Likewise a component whose
+    L_j is 0 by such cancellation still adds its gradient to L but is not counted in the divisor; the loop in
+    rsgrpo_loop.policy_update counts active components by their advantages instead. Stats, as token fractions over
+    all (i, j, t) span positions:
+      clip_frac_high  A > 0 and ρ > 1 + ε_high     clip_frac_low  A < 0 and ρ < 1 - ε_low
+      clip_frac_dual  A < 0 and max(ρ, ρ̄) > c     (the reference logs high + low as "pg_clipfrac_higher" and dual
+                                                     as "pg_clipfrac_lower")
+    plus ppo_kl (mean of log π_old - log π_θ over span positions), n_active_components and loss_<j> per component.
+    """
+    span = span_masks.to(torch.float32)  # (B, n, T)
+    adv = advantages.to(torch.float32).unsqueeze(-1) * span  # (B, n, T)
+    log_ratio = (log_probs.float() - old_log_probs.float()).clamp(-20.0, 20.0).unsqueeze(1)  # (B, 1, T)
+    ratio = torch.exp(log_ratio)
+    clipped_ratio = torch.exp(log_ratio.clamp(math.log(1.0 - clip_low), math.log(1.0 + clip_high)))
+
+    loss_unclipped = -adv * ratio  # (B, n, T)
+    loss_clipped = -adv * clipped_ratio
+    loss_ppo = torch.maximum(loss_unclipped, loss_clipped)
+    loss_dual = torch.minimum(loss_ppo, -adv * dual_clip)
+    token_loss = torch.where(adv < 0, loss_dual, loss_ppo)  # (B, n, T)
+
+    component_loss = (token_loss * span).sum(dim=(0, 2)) / (span.sum(dim=(0, 2)) + MASK_EPS)  # (n,)
+    active = component_loss != 0.0
+    loss = component_loss.sum() / active.sum().clamp(min=1)
+
+    with torch.no_grad():
+        n_span = span.sum().clamp(min=1.0)
+        ratio_b = ratio.expand_as(adv)
+        measured = {
+            "clip_frac_high": (((adv > 0) & (ratio_b > 1.0 + clip_high)) * span).sum() / n_span,
+            "clip_frac_low": (((adv < 0) & (ratio_b < 1.0 - clip_low)) * span).sum() / n_span,
+            "clip_frac_dual": (((adv < 0) & (loss_ppo > -adv * dual_clip)) * span).sum() / n_span,
+            "ppo_kl": (-log_ratio * span).sum() / n_span,
+            "n_active_components": active.sum(),
+        }
+        stats = {key: float(value) for key, value in measured.items()}
+        stats.update({f"loss_{j}": float(value) for j, value in enumerate(component_loss)})
+    return loss, stats
+
+
+def low_var_kl(log_probs: torch.Tensor, ref_log_probs: torch.Tensor) -> torch.Tensor:
+    """Schulman's k3 estimator of KL(π_θ ‖ π_ref) per token, clamped as in the reference:
+
+    x = clamp(log π_ref - log π_θ, -20, 20),   k3 = clamp(exp(x) - x - 1, -10, 10)   (≥ 0, unbiased)
+    """
+    x = (ref_log_probs.float() - log_probs.float()).clamp(-20.0, 20.0)
+    return (torch.exp(x) - x - 1.0).clamp(-10.0, 10.0)
+
+
+def filter_groups(
+    overall: torch.Tensor, group_ids: Sequence[Hashable], low: float = 0.01, high: float = 6.9
+) -> torch.Tensor:
+    """DAPO-style online filter: keep a group only when low < mean overall reward of its rollouts < high.
+
+    overall: (B,); returns a bool keep mask (B,). Groups whose rollouts all fail (mean ≤ low) or all succeed
+    (mean ≥ high) carry almost no advantage signal and are dropped whole.
+    """
+    keep = torch.zeros(overall.shape[0], dtype=torch.bool, device=overall.device)
+    values = overall.detach().to(torch.float64)
+    for members in _group_indices(group_ids, overall.shape[0]):
+        index = torch.tensor(members, device=overall.device)
+        mean = values[index].mean().item()
+        keep[index] = low < mean < high
+    return keep
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of softmax(logits) over the last axis: H = logsumexp(z) - Σ_v softmax(z)_v z_v. (..., V) → (...)."""
+    logits = logits.float()
+    probs = torch.softmax(logits, dim=-1)
+    return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(dim=-1)

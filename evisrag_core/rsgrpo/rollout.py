@@ -1,0 +1,406 @@
+"""Rollouts for RS-GRPO: n sampled responses to each prompt from the current policy (spec §4, §5).
+
+A prompt is the evidence prompt over a record's images, built exactly as prediction builds it (`build_messages` →
+the chat template → `evisrag_core.images.vision_inputs` → the processor). The prompts of a batch are encoded once,
+left-padded, and n continuations of each are sampled: by default with `sample_shared_prefix` (the vision tower and
+the prefill run once per prompt, its KV cache is shared by its n samples, ended rows leave the batch), or with
+`rsgrpo.rollout_decoder: generate` by transformers `generate(num_return_sequences=n)`, which prefills n copies.
+A response keeps its generated ids up to and including the first end-of-turn token, or all
+`max_new_tokens` ids when it never ended. Stacked over the B = prompts × n responses (a prompt's n responses are
+adjacent):
+
+    response_ids   (B, T)  right-padded with the pad id, T = the longest response
+    response_mask  (B, T)  1 on the kept ids, the end-of-turn token included; 0 on padding
+    lengths        (B,)    L = response_mask.sum(-1), the length the overlong reward reads (spec §4)
+    texts          B str   the kept ids decoded with special tokens skipped, the text every other reward reads
+
+`policy_inputs` rebuilds, for any rows, the model input `prompt ⧺ response` the update scores: prompts left-padded,
+responses right-padded, so every response starts at the same column.
+
+The vLLM path (`VllmRollout`) is optional and imported lazily; it cannot run on this project's CPU machines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from evisrag_core.bad_records import BadRecords, jsonl_rows
+from evisrag_core.data.schema import resolve_image_path
+from evisrag_core.images import check_image, vision_inputs
+from evisrag_core.io import BadRecordError
+from evisrag_core.parsing import extract_block
+from evisrag_core.prompts import build_messages
+from evisrag_core.rsgrpo.fast_decode import Sampling, sample_shared_prefix
+
+IMAGE_PLACEHOLDER = "<image>"
+ROLLOUT_DECODERS = ("shared_prefix", "generate")
+INSUFFICIENT_ANSWER = "insufficient to answer"
+
+
+@dataclass(frozen=True)
+class RLPrompt:
+    """One RL record: the question, its images (absolute paths, rank order) and the tagged ground truth."""
+
+    id: str
+    query: str
+    images: tuple[str, ...]
+    image_refs: tuple[str, ...]  # the images as the record names them (relative to the record file)
+    ground_truth: str
+    is_sufficient: bool
+
+    @property
+    def gold_answer(self) -> str:
+        return (extract_block(self.ground_truth, "answer") or "").strip()
+
+
+def parse_rl_record(row: dict[str, Any], root: Path, where: str) -> RLPrompt:
+    """An `rl.jsonl` row → RLPrompt. `is_sufficient` defaults to "the gold answer is not 'insufficient to answer'"."""
+    prompt, answer, images = row.get("prompt"), row.get("answer"), row.get("image")
+    if not isinstance(prompt, str) or not isinstance(answer, str) or not isinstance(images, list) or not images:
+        raise BadRecordError(f"{where}: an RL record needs 'prompt' (string), 'image' (non-empty list), 'answer'")
+    missing = [tag for tag in ("<evidence>", "</evidence>", "<answer>", "</answer>") if tag not in answer]
+    if missing:
+        raise BadRecordError(f"{where}: 'answer' must be the tagged ground truth; it lacks {missing}")
+    paths = tuple(str(resolve_image_path(root, ref, where)) for ref in images)
+    record = RLPrompt(
+        id=str(row.get("id", where)),
+        query=prompt.replace(IMAGE_PLACEHOLDER, "").strip(),
+        images=paths,
+        image_refs=tuple(images),
+        ground_truth=answer,
+        is_sufficient=True,
+    )
+    sufficient = row.get("is_sufficient")
+    if not isinstance(sufficient, bool):
+        sufficient = record.gold_answer.lower() != INSUFFICIENT_ANSWER
+    return RLPrompt(record.id, record.query, paths, record.image_refs, answer, sufficient)
+
+
+def load_rl_prompts(path: Path, bad: BadRecords | None = None) -> list[RLPrompt]:
+    """Every valid record of an RL file, its images checked; a bad record raises BadRecordError naming file:line,
+    or is left out and counted in `bad` under the `skip` policy."""
+    bad = bad or BadRecords()
+    prompts = []
+    for where, row in jsonl_rows(path, bad):
+        try:
+            prompt = parse_rl_record(row, path.parent, where)
+            for image in prompt.images:
+                check_image(image, where)
+        except BadRecordError as err:
+            bad.reject(err)
+            continue
+        prompts.append(prompt)
+    return prompts
+
+
+@dataclass(frozen=True)
+class PromptInputs:
+    """One encoded prompt, unpadded: its token ids, their modality types and the processed pixels of its images.
+
+    `mm_token_type_ids` (0 text, 1 image) is what Qwen2.5-VL's multimodal RoPE reads to place image tokens on a 2-D
+    grid; without it the model silently falls back to 1-D positions, which is not how it was trained.
+    """
+
+    input_ids: torch.Tensor  # (S,)
+    mm_token_type_ids: torch.Tensor  # (S,)
+    pixel_values: torch.Tensor  # (patches, patch_dim)
+    image_grid_thw: torch.Tensor  # (images, 3)
+    # per image, the vision tower's output (image tokens, hidden) computed at the rollout; set only while the tower
+    # is frozen, so the update's forward reuses it instead of running the tower on n copies of the prompt
+    image_features: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Group:
+    """A prompt and its n sampled responses (ids up to and including end-of-turn; decoded texts)."""
+
+    prompt: RLPrompt
+    inputs: PromptInputs
+    responses: tuple[torch.Tensor, ...]  # n × (L_i,)
+    texts: tuple[str, ...]
+
+
+def group_ids(groups: Sequence[Group]) -> list[int]:
+    """(B,) the index of each response's group; a group's responses are adjacent."""
+    return [g for g, group in enumerate(groups) for _ in group.responses]
+
+
+def response_rows(groups: Sequence[Group]) -> list[tuple[int, int]]:
+    """(B,) (group index, response index) of every response, in batch order."""
+    return [(g, k) for g, group in enumerate(groups) for k in range(len(group.responses))]
+
+
+def pad_responses(groups: Sequence[Group], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """response_ids, response_mask: (B, T), right-padded (module docstring)."""
+    responses = [ids for group in groups for ids in group.responses]
+    width = max(len(ids) for ids in responses)
+    response_ids = torch.full((len(responses), width), pad_id, dtype=torch.long)
+    response_mask = torch.zeros((len(responses), width), dtype=torch.long)
+    for row, ids in enumerate(responses):
+        response_ids[row, : len(ids)] = ids
+        response_mask[row, : len(ids)] = 1
+    return response_ids, response_mask
+
+
+def collate_prompts(prompts: Sequence[PromptInputs], pad_id: int) -> dict[str, Any]:
+    """Left-pad prompts into one batch, as the processor pads a batch: input_ids, attention_mask,
+    mm_token_type_ids (b, S); pixel_values and image_grid_thw concatenated in prompt order. When every prompt carries
+    its image features, they replace pixel_values (`mm_encoder_outputs`, which the model's forward takes instead)."""
+    width = max(len(p.input_ids) for p in prompts)
+    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    token_types = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        start = width - len(prompt.input_ids)
+        input_ids[row, start:] = prompt.input_ids
+        attention_mask[row, start:] = 1
+        token_types[row, start:] = prompt.mm_token_type_ids
+    batch: dict[str, Any] = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "mm_token_type_ids": token_types,
+        "image_grid_thw": torch.cat([p.image_grid_thw for p in prompts]),
+    }
+    if all(p.image_features is not None for p in prompts):
+        features = tuple(f for p in prompts for f in p.image_features or ())
+        batch["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=features)}
+    else:
+        batch["pixel_values"] = torch.cat([p.pixel_values for p in prompts])
+    return batch
+
+
+def batch_to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """A collated batch on `device` (tensors and the image features of `mm_encoder_outputs`)."""
+    moved = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    if "mm_encoder_outputs" in batch:
+        features = batch["mm_encoder_outputs"]["image"].pooler_output
+        moved["mm_encoder_outputs"] = {
+            "image": BaseModelOutputWithPooling(pooler_output=tuple(f.to(device) for f in features))
+        }
+    return moved
+
+
+@torch.no_grad()
+def with_image_features(model: Any, prompts: Sequence[PromptInputs]) -> list[PromptInputs]:
+    """The prompts with their images' vision-tower outputs attached (one tower pass for the whole batch)."""
+    grid = torch.cat([p.image_grid_thw for p in prompts])
+    pixels = torch.cat([p.pixel_values for p in prompts])
+    features = model.model.get_image_features(pixels.to(model.device), grid.to(model.device), return_dict=True)
+    per_image = [f.detach() for f in features.pooler_output]
+    attached, start = [], 0
+    for prompt in prompts:
+        count = len(prompt.image_grid_thw)
+        attached.append(replace(prompt, image_features=tuple(per_image[start : start + count])))
+        start += count
+    return attached
+
+
+def policy_inputs(
+    groups: Sequence[Group], rows: Sequence[int], response_ids: torch.Tensor, response_mask: torch.Tensor, pad_id: int
+) -> dict[str, torch.Tensor]:
+    """Model inputs `prompt ⧺ response` for the given batch rows; the responses are the last T columns (text)."""
+    index = response_rows(groups)
+    batch = collate_prompts([groups[index[row][0]].inputs for row in rows], pad_id)
+    responses, mask = response_ids[list(rows)], response_mask[list(rows)]  # (b, T)
+    batch["input_ids"] = torch.cat([batch["input_ids"], responses], dim=1)  # (b, S + T)
+    batch["attention_mask"] = torch.cat([batch["attention_mask"], mask], dim=1)
+    batch["mm_token_type_ids"] = torch.cat([batch["mm_token_type_ids"], torch.zeros_like(responses)], dim=1)
+    return batch
+
+
+class PromptEncoder:
+    """RLPrompt → PromptInputs through the chat template and the processor, as prediction encodes a question."""
+
+    def __init__(self, processor: Any, template: str, pixels: tuple[int, int], max_prompt_length: int):
+        self.processor, self.template, self.pixels = processor, template, pixels
+        self.max_prompt_length = max_prompt_length
+
+    def messages(self, prompt: RLPrompt) -> list[dict[str, Any]]:
+        return build_messages(prompt.query, list(prompt.images), self.template, *self.pixels)
+
+    def text(self, prompt: RLPrompt) -> str:
+        return self.processor.apply_chat_template(self.messages(prompt), tokenize=False, add_generation_prompt=True)
+
+    def __call__(self, prompts: Sequence[RLPrompt]) -> list[PromptInputs]:
+        encoded = []
+        for prompt in prompts:
+            images = vision_inputs(self.messages(prompt))
+            batch = self.processor(text=[self.text(prompt)], images=images, return_tensors="pt")
+            input_ids = batch["input_ids"][0]
+            if len(input_ids) > self.max_prompt_length:
+                raise BadRecordError(
+                    f"RL record {prompt.id}: the prompt is {len(input_ids)} tokens (text + image tokens), over "
+                    f"rsgrpo.max_prompt_length={self.max_prompt_length}; raise it or lower rsgrpo.image_max_pixels"
+                )
+            token_types = batch["mm_token_type_ids"][0]
+            encoded.append(PromptInputs(input_ids, token_types, batch["pixel_values"], batch["image_grid_thw"]))
+        return encoded
+
+
+def end_of_turn_ids(model: Any, processor: Any) -> set[int]:
+    """The ids that end a response: the generation config's eos ids, else `<|im_end|>`."""
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    ids = {eos} if isinstance(eos, int) else set(eos or [])
+    return ids or {processor.tokenizer.convert_tokens_to_ids("<|im_end|>")}
+
+
+def vision_token_ids(processor: Any) -> list[int]:
+    """Ids of the vision placeholders. A sampled `<|image_pad|>` would break the next forward (one image feature per
+    placeholder), so rollouts never sample them."""
+    tokens = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+    unknown = processor.tokenizer.unk_token_id
+    return [i for i in processor.tokenizer.convert_tokens_to_ids(list(tokens)) if i is not None and i != unknown]
+
+
+def cut_at_end_of_turn(ids: torch.Tensor, end_ids: set[int]) -> torch.Tensor:
+    """The ids up to and including the first end-of-turn token; all of them when there is none."""
+    for position, token in enumerate(ids.tolist()):
+        if token in end_ids:
+            return ids[: position + 1]
+    return ids
+
+
+class TransformersRollout:
+    """Sampling on the policy being trained (CPU or GPU) with transformers models: `sample_shared_prefix` (one
+    prefill per prompt) or, with decoder="generate", transformers `generate(num_return_sequences=n)`."""
+
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        encoder: PromptEncoder,
+        decoder: str = "shared_prefix",
+        reuse_image_features: bool = False,
+    ):
+        """`reuse_image_features` (only with a frozen vision tower, shared_prefix decoder): keep each prompt's vision
+        output in its Group, so the update's forward does not run the tower again on every response."""
+        if decoder not in ROLLOUT_DECODERS:
+            raise ValueError(f"unknown rollout decoder {decoder!r}; choose from {ROLLOUT_DECODERS}")
+        self.model, self.processor, self.encode, self.decoder = model, processor, encoder, decoder
+        self.reuse_image_features = reuse_image_features and decoder == "shared_prefix"
+        self.pad_id = processor.tokenizer.pad_token_id
+        self.end_ids = end_of_turn_ids(model, processor)
+        self.suppressed = vision_token_ids(processor)
+
+    def generate(
+        self, prompts: Sequence[RLPrompt], sampling: Sampling, seeds: Sequence[int] | None = None
+    ) -> list[Group]:
+        """n samples per prompt. Without `seeds`, one batched `generate` from the current torch RNG stream; with one
+        seed per prompt, each prompt's group is sampled alone after `torch.manual_seed(seed)`, so a group does not
+        depend on which other prompts share its batch, process or rank (slower: one generate call per prompt)."""
+        if seeds is None:
+            return self._generate(prompts, sampling)
+        groups = []
+        for prompt, seed in zip(prompts, seeds, strict=True):
+            torch.manual_seed(seed)
+            groups.extend(self._generate([prompt], sampling))
+        return groups
+
+    @torch.no_grad()
+    def _generate(self, prompts: Sequence[RLPrompt], sampling: Sampling) -> list[Group]:
+        encoded = self.encode(prompts)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            if self.reuse_image_features:
+                encoded = with_image_features(self.model, encoded)
+            generated = self._sample(batch_to(collate_prompts(encoded, self.pad_id), self.model.device), sampling)
+        finally:
+            self.model.train(was_training)
+        return self._groups(prompts, encoded, generated.view(len(prompts), sampling.n, -1))
+
+    def _sample(self, batch: dict[str, torch.Tensor], sampling: Sampling) -> torch.Tensor:
+        """(P·n, T') generated ids, prompt p's samples adjacent."""
+        if self.decoder == "shared_prefix":
+            return sample_shared_prefix(self.model, batch, sampling, self.suppressed, self.end_ids, self.pad_id).cpu()
+        output = self.model.generate(
+            **batch,
+            do_sample=True,
+            num_return_sequences=sampling.n,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=0,  # no top-k cut: the reference samples from the full (top-p) distribution
+            repetition_penalty=1.0,
+            suppress_tokens=self.suppressed,
+            max_new_tokens=sampling.max_new_tokens,
+            eos_token_id=sorted(self.end_ids),
+            pad_token_id=self.pad_id,
+        )
+        return output[:, batch["input_ids"].shape[1] :].cpu()
+
+    def _groups(self, prompts: Sequence[RLPrompt], encoded: list[PromptInputs], generated: torch.Tensor) -> list[Group]:
+        groups = []
+        for prompt, inputs, samples in zip(prompts, encoded, generated, strict=True):
+            responses = tuple(cut_at_end_of_turn(ids, self.end_ids) for ids in samples)
+            texts = tuple(self.processor.tokenizer.decode(ids, skip_special_tokens=True) for ids in responses)
+            groups.append(Group(prompt, inputs, responses, texts))
+        return groups
+
+
+def vllm_engine_args(model_dir: str, max_model_len: int) -> dict[str, Any]:
+    """The `vllm.LLM` arguments of the rollout engine (also printed by `evisrag rsgrpo --dry-run`, without vLLM)."""
+    return {
+        "model": model_dir,
+        "dtype": "bfloat16",
+        "limit_mm_per_prompt": {"image": 5, "video": 0},
+        "max_model_len": max_model_len,
+    }
+
+
+class VllmRollout:
+    """Sampling with vLLM, as the reference does on GPUs. Untested here: vLLM does not run Qwen2.5-VL on this
+    project's CPU machines. The policy's weights are pushed into the engine before every rollout."""
+
+    def __init__(self, model_dir: str, model: Any, processor: Any, encoder: PromptEncoder, max_model_len: int):
+        try:
+            from vllm import LLM
+        except ImportError as err:
+            raise RuntimeError(
+                "rsgrpo.rollout_backend is 'vllm' but vLLM is not installed. On a GPU machine run `pip install vllm`; "
+                "on CPU set rsgrpo.rollout_backend: transformers in params.yaml."
+            ) from err
+        self.model, self.processor, self.encode = model, processor, encoder
+        self.end_ids = end_of_turn_ids(model, processor)
+        self.llm = LLM(**vllm_engine_args(model_dir, max_model_len))
+
+    def _sync_weights(self) -> None:
+        engine_model = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
+        engine_model.load_weights(self.model.state_dict().items())
+
+    def generate(
+        self, prompts: Sequence[RLPrompt], sampling: Sampling, seeds: Sequence[int] | None = None
+    ) -> list[Group]:
+        from vllm import SamplingParams
+
+        self._sync_weights()
+        params = [
+            SamplingParams(
+                n=sampling.n,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                max_tokens=sampling.max_new_tokens,
+                stop_token_ids=sorted(self.end_ids),
+                seed=seed,  # a per-request seed: the group's samples do not depend on its batch
+            )
+            for seed in (seeds if seeds is not None else [None] * len(prompts))
+        ]
+        requests = []
+        for prompt in prompts:
+            images = vision_inputs(self.encode.messages(prompt))
+            requests.append({"prompt": self.encode.text(prompt), "multi_modal_data": {"image": images}})
+        outputs = self.llm.generate(requests, sampling_params=params)
+        groups = []
+        for prompt, inputs, output in zip(prompts, self.encode(prompts), outputs, strict=True):
+            responses = tuple(
+                cut_at_end_of_turn(torch.tensor(sample.token_ids, dtype=torch.long), self.end_ids)
+                for sample in output.outputs
+            )
+            texts = tuple(self.processor.tokenizer.decode(ids, skip_special_tokens=True) for ids in responses)
+            groups.append(Group(prompt, inputs, responses, texts))
+        return groups

@@ -1,0 +1,220 @@
+"""RS-GRPO maths of spec §5: group advantages, token advantages, the clipped loss, KL, filtering, entropy."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from evisrag_core.rsgrpo.objective import (
+    entropy_from_logits,
+    filter_groups,
+    group_advantages,
+    low_var_kl,
+    policy_loss,
+    token_advantages,
+)
+
+# --- advantages ---------------------------------------------------------------------------------------------------
+
+# R = 1, 2, 3, 4: mean 2.5, Bessel std = sqrt((2.25 + 0.25 + 0.25 + 2.25) / 3) = sqrt(5/3) = 1.2909944
+A_1234 = [-1.1618941038629222, -0.3872980346209741, 0.3872980346209741, 1.1618941038629222]
+
+
+def test_advantages_of_one_group_by_hand() -> None:
+    rewards = torch.tensor([[1.0], [2.0], [3.0], [4.0]], dtype=torch.float64)
+    advantages = group_advantages(rewards, ["p"] * 4)
+    assert advantages[:, 0].tolist() == pytest.approx(A_1234, rel=1e-12)
+
+
+def test_each_component_is_normalised_on_its_own() -> None:
+    rewards = torch.tensor([[1.0, 0.0], [2.0, 10.0], [3.0, 0.0], [4.0, 0.0]], dtype=torch.float64)
+    advantages = group_advantages(rewards, [0, 0, 0, 0])
+    assert advantages[:, 0].tolist() == pytest.approx(A_1234, rel=1e-12)
+    # 0, 10, 0, 0: mean 2.5, std = sqrt((3 * 6.25 + 56.25) / 3) = 5
+    assert advantages[:, 1].tolist() == pytest.approx([-0.5, 1.5, -0.5, -0.5], rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_zero_variance_group_gets_exactly_zero(dtype: torch.dtype) -> None:
+    # naively, mean([0.1] * 3) in float64 is 1.4e-17 off 0.1 and A would be ~1e-11: not 0, so the loss would count
+    # the component as active
+    rewards = torch.tensor([[0.1, 1.0], [0.1, 1.0], [0.1, 1.0]], dtype=dtype)
+    advantages = group_advantages(rewards, ["p", "p", "p"])
+    assert torch.equal(advantages, torch.zeros_like(rewards))
+    assert advantages.dtype == dtype
+
+
+def test_interleaved_groups() -> None:
+    # group a: 0, 1, 2 → mean 1, std 1 → -1, 0, 1 (÷ (1 + 1e-6)); group b: 10, 30 → mean 20, std √200
+    rewards = torch.tensor([[0.0], [10.0], [1.0], [30.0], [2.0]], dtype=torch.float64)
+    advantages = group_advantages(rewards, ["a", "b", "a", "b", "a"])[:, 0].tolist()
+    b = 10 / (math.sqrt(200) + 1e-6)
+    assert advantages == pytest.approx([-1 / (1 + 1e-6), -b, 0.0, b, 1 / (1 + 1e-6)], rel=1e-12)
+
+
+def test_group_order_does_not_matter() -> None:
+    rewards = torch.randn(12, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    groups = [i % 3 for i in range(12)]
+    permutation = torch.randperm(12, generator=torch.Generator().manual_seed(1))
+    shuffled = group_advantages(rewards[permutation], [groups[i] for i in permutation.tolist()])
+    assert torch.allclose(shuffled, group_advantages(rewards, groups)[permutation], atol=1e-12)
+
+
+def test_a_group_of_one_is_refused_like_the_reference() -> None:
+    rewards = torch.tensor([[1.0], [2.0], [3.0]])
+    with pytest.raises(ValueError, match="single rollout"):
+        group_advantages(rewards, ["a", "a", "b"])
+
+
+def test_group_ids_must_cover_the_batch() -> None:
+    with pytest.raises(ValueError, match="2 entries for a batch of 3"):
+        group_advantages(torch.zeros(3, 1), ["a", "a"])
+
+
+def test_token_advantages_follow_the_spans() -> None:
+    advantages = torch.tensor([[2.0, -1.0]])  # (1, 2)
+    spans = torch.tensor([[[1, 1, 0], [0, 1, 1]]], dtype=torch.bool)  # (1, 2, 3)
+    assert token_advantages(advantages, spans).tolist() == [[[2.0, 2.0, 0.0], [0.0, -1.0, -1.0]]]
+
+
+# --- policy loss --------------------------------------------------------------------------------------------------
+
+
+def one_token_loss(ratio: float, advantage: float) -> tuple[float, float, dict[str, float]]:
+    """Loss, d loss / d log π_θ and stats for one token, one component whose span is that token."""
+    log_probs = torch.tensor([[math.log(ratio)]], requires_grad=True)
+    loss, stats = policy_loss(log_probs, torch.zeros(1, 1), torch.tensor([[advantage]]), torch.ones(1, 1, 1))
+    loss.backward()
+    return loss.item(), log_probs.grad.item(), stats
+
+
+@pytest.mark.parametrize(
+    ("ratio", "advantage", "loss", "clipped", "clip_stat"),
+    [
+        pytest.param(1.1, 2.0, -2.2, False, None, id="inside the clip range"),
+        pytest.param(1.5, 1.0, -1.28, True, "clip_frac_high", id="above 1+0.28, A > 0: clipped"),
+        pytest.param(1.5, -1.0, 1.5, False, None, id="above 1+0.28, A < 0: not clipped"),
+        pytest.param(0.5, -1.0, 0.8, True, "clip_frac_low", id="below 1-0.2, A < 0: clipped"),
+        pytest.param(0.5, 1.0, -0.5, False, None, id="below 1-0.2, A > 0: not clipped"),
+        pytest.param(10.0, -2.0, 6.0, True, "clip_frac_dual", id="dual clip: ratio 10, A < 0 → 3·|A|"),
+        pytest.param(2.9, -1.0, 2.9, False, None, id="below the dual clip"),
+        pytest.param(10.0, 1.0, -1.28, True, "clip_frac_high", id="ratio 10, A > 0: PPO clip, no dual"),
+    ],
+)
+def test_clipping_branches(ratio: float, advantage: float, loss: float, clipped: bool, clip_stat: str | None) -> None:
+    value, grad, stats = one_token_loss(ratio, advantage)
+    assert value == pytest.approx(loss, rel=1e-6)
+    # the clipped objective is flat in θ; the unclipped one has d(-A ρ)/d log π = -A ρ
+    assert grad == (0.0 if clipped else pytest.approx(-advantage * ratio, rel=1e-6))
+    for name in ("clip_frac_high", "clip_frac_low", "clip_frac_dual"):
+        assert stats[name] == (1.0 if name == clip_stat else 0.0), name
+
+
+def test_huge_log_ratio_is_clamped() -> None:
+    log_probs = torch.tensor([[50.0]], requires_grad=True)
+    loss, _ = policy_loss(log_probs, torch.zeros(1, 1), torch.tensor([[-1.0]]), torch.ones(1, 1, 1))
+    assert loss.item() == pytest.approx(3.0)  # dual clip
+    loss.backward()
+    assert torch.isfinite(log_probs.grad).all()
+
+
+def test_token_mean_over_the_span_of_the_whole_mini_batch() -> None:
+    # ratio 1 everywhere, so each token's loss is -A. Response 0 owns 1 token (A = 1), response 1 owns 3 (A = -1):
+    # the token mean is (-1 + 3·1) / 4 = 0.5, not the mean of sequence means (-1 + 1) / 2 = 0.
+    log_probs = torch.zeros(2, 3)
+    spans = torch.tensor([[[1, 0, 0]], [[1, 1, 1]]], dtype=torch.bool)  # (2, 1, 3)
+    loss, stats = policy_loss(log_probs, log_probs, torch.tensor([[1.0], [-1.0]]), spans)
+    assert loss.item() == pytest.approx(0.5)
+    assert stats["loss_0"] == pytest.approx(0.5)
+
+
+def test_tokens_outside_every_span_do_not_matter() -> None:
+    spans = torch.tensor([[[1, 1, 0, 0]]], dtype=torch.bool)
+    advantages = torch.tensor([[1.0]])
+    base, _ = policy_loss(torch.zeros(1, 4), torch.zeros(1, 4), advantages, spans)
+    moved, _ = policy_loss(torch.tensor([[0.0, 0.0, 5.0, -5.0]]), torch.zeros(1, 4), advantages, spans)
+    assert moved.item() == base.item() == pytest.approx(-1.0)
+
+
+def test_step_loss_is_the_mean_over_components_with_non_zero_loss() -> None:
+    # ratio 1: component loss = -mean A over its span. Component 0: A = 2 → -2. Component 1: empty span → 0.
+    # Component 2: A = 0 (its group agreed) → 0. Component 3: A = -1 → 1. Step loss = (-2 + 1) / 2, not / 4.
+    log_probs = torch.zeros(1, 3, requires_grad=True)
+    advantages = torch.tensor([[2.0, 5.0, 0.0, -1.0]])
+    spans = torch.tensor([[[1, 1, 0], [0, 0, 0], [1, 1, 1], [0, 1, 1]]], dtype=torch.bool)
+    loss, stats = policy_loss(log_probs, log_probs.detach(), advantages, spans)
+    assert loss.item() == pytest.approx(-0.5)
+    assert stats["n_active_components"] == 2.0
+    assert [stats[f"loss_{j}"] for j in range(4)] == pytest.approx([-2.0, 0.0, 0.0, 1.0])
+    loss.backward()
+    # d/d log π_t of (1/2)·(-(2ρ_0 + 2ρ_1)/2 + (ρ_1 + ρ_2)/2) at ρ = 1
+    assert log_probs.grad[0].tolist() == pytest.approx([-0.5, -0.25, 0.25])
+
+
+def test_all_zero_components_give_a_finite_zero_loss() -> None:
+    log_probs = torch.zeros(2, 3, requires_grad=True)
+    spans = torch.ones(2, 2, 3, dtype=torch.bool)
+    loss, stats = policy_loss(log_probs, log_probs.detach(), torch.zeros(2, 2), spans)
+    loss.backward()
+    assert loss.item() == 0.0 and stats["n_active_components"] == 0.0
+    assert torch.equal(log_probs.grad, torch.zeros(2, 3))
+
+
+def test_clip_fractions_count_span_positions() -> None:
+    # token 0: ratio 1.5 with A = 1 (clipped high); token 1: ratio 1 (not clipped); token 2 outside the span.
+    log_probs = torch.tensor([[math.log(1.5), 0.0, math.log(1.5)]])
+    spans = torch.tensor([[[1, 1, 0]]], dtype=torch.bool)
+    _, stats = policy_loss(log_probs, torch.zeros(1, 3), torch.tensor([[1.0]]), spans)
+    assert stats["clip_frac_high"] == pytest.approx(0.5)
+    assert stats["ppo_kl"] == pytest.approx(-math.log(1.5) / 2)
+
+
+# --- KL, filtering, entropy ---------------------------------------------------------------------------------------
+
+
+def test_low_var_kl_known_values() -> None:
+    log_probs = torch.log(torch.tensor([0.5, 0.5, 0.25]))
+    ref_log_probs = torch.log(torch.tensor([0.5, 0.25, 0.5]))
+    # x = log(ref/p): 0 → 0;  -ln 2 → 1/2 + ln 2 - 1;  ln 2 → 2 - ln 2 - 1
+    expected = [0.0, 0.5 + math.log(2) - 1, 1 - math.log(2)]
+    assert low_var_kl(log_probs, ref_log_probs).tolist() == pytest.approx(expected, abs=1e-7)
+
+
+def test_low_var_kl_is_clamped_to_ten() -> None:
+    # x = 30 → 20: e^20 - 21 → 10;  x = -30 → -20: e^-20 + 19 → 10;  x = -5: e^-5 + 4 is left alone
+    kl = low_var_kl(torch.zeros(3), torch.tensor([30.0, -30.0, -5.0]))
+    assert kl.tolist() == pytest.approx([10.0, 10.0, math.exp(-5.0) + 4.0])
+
+
+def test_filter_groups_drops_all_fail_and_all_succeed_groups() -> None:
+    overall = torch.tensor([0.0, 7.0, 0.0, 7.0, 3.0, 7.0, 0.0, 7.0], dtype=torch.float64)
+    ids = ["fail", "pass", "fail", "pass", "mixed", "pass", "fail", "mixed"]
+    keep = filter_groups(overall, ids)
+    assert keep.tolist() == [False, False, False, False, True, False, False, True]
+
+
+@pytest.mark.parametrize(
+    ("rewards", "kept"),
+    [
+        ([0.01, 0.01], False),  # mean = low: dropped
+        ([0.0, 0.03], True),
+        ([6.9, 6.9], False),  # mean = high: dropped
+        ([6.8, 6.99], True),
+        ([-3.0, 7.0], True),
+    ],
+)
+def test_filter_groups_boundaries(rewards: list[float], kept: bool) -> None:
+    keep = filter_groups(torch.tensor(rewards, dtype=torch.float64), ["g"] * len(rewards))
+    assert keep.tolist() == [kept] * len(rewards)
+
+
+def test_entropy_from_logits() -> None:
+    uniform = torch.zeros(2, 7)
+    assert entropy_from_logits(uniform).tolist() == pytest.approx([math.log(7)] * 2)
+    peaked = torch.tensor([[100.0, 0.0, 0.0]])
+    assert entropy_from_logits(peaked).item() == pytest.approx(0.0, abs=1e-6)
+    logits = torch.tensor([[1.0, 2.0, 0.5, -1.0]])
+    probs = torch.softmax(logits, dim=-1)
+    assert entropy_from_logits(logits).item() == pytest.approx(-(probs * probs.log()).sum().item(), rel=1e-6)
