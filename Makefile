@@ -17,7 +17,7 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 
-## make run: reproduce download → model → predict → evaluate and print the metrics table
+## make run: reproduce download → model → sft → rsgrpo → predict → evaluate → report and print the metrics table
 run: venv
 	@test -d .git || (echo "make run needs a git checkout (DVC tracks the pipeline in git)"; exit 1)
 	$(BIN)/evisrag pipeline
@@ -29,7 +29,7 @@ test: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q
 
-## make test-fast: unit tests only
+## make test-fast: the tests not marked slow (tests/unit and most of tests/integration; no end-to-end run)
 test-fast: venv
 	$(BIN)/pytest -q -m "not slow"
 

@@ -1,11 +1,16 @@
 """Prefect flows: the DVC stage entry points and the pipeline flow. Wiring only.
 
+`evisrag <stage>` runs the flow `<stage>_flow` of `flows/<stage>.py` (one module per dvc.yaml stage, so a stage's
+imports are its own: tests/unit/test_dvc_deps.py checks that dvc.yaml declares all of them).
+
 Prefect keeps its database in the project (`.prefect/`, git-ignored) unless PREFECT_HOME or PREFECT_API_URL say
 otherwise, so flow runs started by `dvc repro` and by `evisrag pipeline` land in one place, visible in the UI of a
 server started from the project folder.
 """
 
 import os
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 os.environ.setdefault("PREFECT_HOME", str(Path.cwd() / ".prefect"))
@@ -18,3 +23,8 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 # OpenMP threads that spin while waiting make torch many times slower when the 2 cores are shared (measured on the
 # RS-GRPO stage: 6 min 39 s vs 113 s); passive waiting costs nothing on an idle machine.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def flow_run_name(stage: str) -> Callable[[], str]:
+    """Flow-run names a person can find in the UI: `<stage>-<UTC time>`."""
+    return lambda: f"{stage}-{datetime.now(UTC):%Y%m%d-%H%M%S}"

@@ -1,6 +1,6 @@
 """`evisrag compare`: pipeline runs side by side, from the MLflow store, with MLflow's own search API.
 
-What the pipeline logs (tasks/tracking.py, flows/pipeline.py, flows/stages.py) and what is read back here:
+What the pipeline logs (tasks/tracking.py, flows/pipeline.py) and what is read back here:
 
 - one parent run named `pipeline` per `evisrag pipeline`, with every parameter (`params.<section>.<key>`) and the
   overall metrics (`metrics.overall.<key>`, from metrics.json, even when DVC found evaluate up to date);

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from prefect import flow, get_run_logger, task
 from prefect.client.orchestration import get_client
 
 from evisrag_core.config import load_params
+from flows import flow_run_name
 from tasks import TASK_DEFAULTS, tracking
 
 
@@ -69,7 +69,7 @@ def _tag_stage_runs(parent_run_id: str, lock_file: Path) -> None:
             client.set_tag(run.info.run_id, f"dvc.outs.{out['path']}", out.get("md5", ""))
 
 
-@flow(name="evisrag-pipeline", flow_run_name=lambda: f"pipeline-{datetime.now(UTC):%Y%m%d-%H%M%S}")
+@flow(name="evisrag-pipeline", flow_run_name=flow_run_name("pipeline"))
 def pipeline_flow(
     params_path: str = "params.yaml",
     targets: list[str] | None = None,

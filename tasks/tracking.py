@@ -68,3 +68,50 @@ def log_json_artifact(obj: Any, name: str) -> None:
 def log_file(path: str | Path, artifact_dir: str | None = None) -> None:
     if Path(path).exists():
         mlflow.log_artifact(str(path), artifact_dir)
+
+
+# --- what each stage records on its run (flows only call these: the MLflow calls live here) ------------------------
+
+
+def log_dataset(manifest: dict[str, Any]) -> None:
+    mlflow.log_metrics({f"rows.{k.replace('/', '.')}": v for k, v in manifest["counts"].items()})
+    log_json_artifact(manifest, "manifest.json")
+
+
+def log_base_model(out: Path) -> None:
+    log_file(out / "config.json", "model")
+
+
+def log_sft(summary: dict[str, Any], log_path: str | Path) -> None:
+    mlflow.log_metrics({"sft.final_train_loss": summary["train_loss"], "sft.steps": summary["global_step"]})
+    log_file(log_path, "sft")
+
+
+def log_rsgrpo(log_path: str | Path, report_dir: str | Path) -> None:
+    log_file(log_path, "rsgrpo")
+    if Path(report_dir).is_dir():
+        mlflow.log_artifacts(str(report_dir), "rsgrpo_report")
+
+
+def tag_model_dir(model_dir: Path) -> None:
+    """The model a prediction run used (predict.model_dir or --model), so runs of ablation models can be told apart."""
+    mlflow.set_tag("evisrag.model_dir", str(model_dir))
+
+
+def log_predictions_sample(benchmark: str, rows: list[dict[str, Any]]) -> None:
+    mlflow.log_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), f"preds/{benchmark}.jsonl")
+
+
+def log_prediction_counts(counts: dict[str, dict[str, int]]) -> None:
+    mlflow.log_metrics({f"{b}.questions": c["questions"] for b, c in counts.items()})
+    mlflow.log_metrics({f"{b}.skipped_records": c["skipped_records"] for b, c in counts.items()})
+
+
+def log_evaluation(metrics: dict[str, dict[str, Any]], metrics_file: str | Path, per_question: str | Path) -> None:
+    mlflow.log_metrics({f"{bench}.{k}": v for bench, row in metrics.items() for k, v in row.items()})
+    log_file(metrics_file)
+    log_file(per_question, "eval")
+
+
+def log_report(index: Path) -> None:
+    mlflow.log_artifacts(str(index.parent), "report")

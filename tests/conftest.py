@@ -1,4 +1,5 @@
-"""Shared test fixtures: small on-disk datasets in the reference format, written into pytest's tmp_path.
+"""Shared test fixtures: small on-disk datasets in the reference format, written into pytest's tmp_path, and the
+temporary project repositories (git + DVC) that the pipeline tests run in.
 
 The project is not installed into the venv, and pytest puts only `tests/` on sys.path, so the repository root is
 added here to make `evisrag_core` importable when running `.venv/bin/pytest` from a checkout.
@@ -7,12 +8,16 @@ added here to make `evisrag_core` importable when running `.venv/bin/pytest` fro
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
@@ -103,3 +108,77 @@ def weight_updates(models: tuple[Any, Any], base: Any) -> tuple[Any, Any]:
     names = [name for name, _ in base.named_parameters()]
     base_params = dict(base.named_parameters())
     return tuple(torch.cat([(dict(m.named_parameters())[n] - base_params[n]).flatten() for n in names]) for m in models)
+
+
+# --- Temporary projects for pipeline tests (tests/e2e, tests/integration/test_serve.py) ---------------------------
+
+MakeRepo = Callable[..., dict[str, str]]
+
+
+def clean_env() -> dict[str, str]:
+    """The environment of a project's subprocesses: none of the caller's Prefect, MLflow or pipeline settings (each
+    project keeps its own Prefect database and MLflow store), and this venv's scripts first on PATH (dvc.yaml's
+    stages run `evisrag`)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "EVISRAG_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"  # a loaded 2-core machine starts it slowly
+    return env
+
+
+def copy_checkout(dest: Path) -> None:
+    """The working tree as git sees it (tracked and new files, ignored ones left out), copied into `dest`."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO_ROOT, capture_output=True, check=True
+    ).stdout.split(b"\0")
+    for name in filter(None, (n.decode() for n in listed)):
+        source = REPO_ROOT / name
+        if source.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+
+
+def small_params(sft_steps: int = 4, rsgrpo_steps: int = 2, predict_batch_size: int = 8) -> str:
+    """The repository's params.yaml (as YAML text), shrunk so that each stage takes seconds but still runs every
+    code path."""
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["data"]["embedded"].update(n_sft=48, n_rl=8, n_test_per_split=8)
+    params["sft"].update(max_steps=sft_steps, save_steps=2, logging_steps=1, warmup_steps=1)
+    params["rsgrpo"].update(
+        steps=rsgrpo_steps,
+        rollout_batch_size=1,
+        n=2,
+        max_new_tokens=16,
+        val_every=0,
+        val_size=2,
+        save_every=1,
+        report_every=1,
+        online_filtering=False,
+    )
+    params["predict"].update(max_new_tokens=24, batch_size=predict_batch_size)
+    return yaml.safe_dump(params, sort_keys=False)
+
+
+def init_repo(
+    root: Path, files: dict[str, str] | None = None, checkout: bool = False, dvc_init: bool = False
+) -> dict[str, str]:
+    """A git repository in `root` holding `files` (path → text) and, with `checkout`, a copy of this working tree;
+    `dvc_init` for a project that brings no .dvc/ of its own. One commit of everything; returns `clean_env()`."""
+    env = clean_env()
+    root.mkdir(parents=True, exist_ok=True)
+    if checkout:
+        copy_checkout(root)
+    for name, text in (files or {}).items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
+    commands = [["git", "init", "-q"], *([[sys.executable, "-m", "dvc", "init", "-q"]] if dvc_init else [])]
+    for command in [*commands, [*git, "add", "-A"], [*git, "commit", "-qm", "fixture"]]:
+        subprocess.run(command, cwd=root, env=env, check=True, capture_output=True)
+    return env
+
+
+@pytest.fixture(scope="session")
+def make_repo() -> MakeRepo:
+    """`make_repo(root, files=..., checkout=..., dvc_init=...)`: see `init_repo` (a fixture, so module-scoped
+    fixtures of the pipeline tests can build their project with it)."""
+    return init_repo

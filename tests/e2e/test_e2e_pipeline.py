@@ -7,16 +7,14 @@ default ones: embedded data, tiny model, SFT, predict, evaluate.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import MakeRepo, small_params
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 STAGES = ["download", "model", "sft", "rsgrpo", "predict", "evaluate", "report"]
 pytestmark = pytest.mark.slow
 
@@ -27,48 +25,10 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: int = 900) -> 
     return result
 
 
-def _copy_checkout(dest: Path) -> None:
-    """The working tree as git sees it (tracked and new files, ignored ones left out), as a fresh repository."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO_ROOT, capture_output=True, check=True
-    ).stdout.split(b"\0")
-    for name in filter(None, (n.decode() for n in listed)):
-        source = REPO_ROOT / name
-        if source.is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, dest / name)
-
-
-def _small_params(path: Path) -> None:
-    params = yaml.safe_load(path.read_text())
-    params["data"]["embedded"].update(n_sft=48, n_rl=8, n_test_per_split=8)
-    params["sft"].update(max_steps=4, save_steps=2, logging_steps=1, warmup_steps=1)
-    params["rsgrpo"].update(
-        steps=2,
-        rollout_batch_size=1,
-        n=2,
-        max_new_tokens=16,
-        val_every=0,
-        val_size=2,
-        save_every=1,
-        report_every=1,
-        online_filtering=False,
-    )
-    params["predict"].update(max_new_tokens=24, batch_size=8)
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-
-
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str], str]:
+def project(tmp_path_factory: pytest.TempPathFactory, make_repo: MakeRepo) -> tuple[Path, dict[str, str], str]:
     root = tmp_path_factory.mktemp("clone")
-    _copy_checkout(root)
-    _small_params(root / "params.yaml")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "EVISRAG_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
-    _run(["git", "init", "-q"], root, env)
-    _run([*git, "add", "-A"], root, env)
-    _run([*git, "commit", "-qm", "fixture"], root, env)
+    env = make_repo(root, checkout=True, files={"params.yaml": small_params()})
     first = _run(["evisrag", "pipeline"], root, env)
     return root, env, first.stdout + first.stderr
 

@@ -31,9 +31,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import yaml
+from conftest import clean_env, small_params
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 # Stage → (inputs it reads, outputs it replaces whole, outputs it writes as it goes), relative to a project folder
@@ -59,36 +58,10 @@ _RUN_STAGES = (
 )
 
 
-def fault_params(path: Path) -> None:
-    """The default params, shrunk so that each stage takes seconds but still runs every code path."""
-    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    params["data"]["embedded"].update(n_sft=48, n_rl=8, n_test_per_split=8)
-    params["sft"].update(max_steps=6, save_steps=2, logging_steps=1, warmup_steps=1)
-    params["rsgrpo"].update(
-        steps=3,
-        rollout_batch_size=1,
-        n=2,
-        max_new_tokens=16,
-        val_every=0,
-        val_size=2,
-        save_every=1,
-        report_every=1,
-        online_filtering=False,
-    )
-    params["predict"].update(max_new_tokens=24, batch_size=4)
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-def project_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "EVISRAG_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"  # a loaded 2-core machine starts it slowly
-    return env
-
-
 def new_project(root: Path) -> Path:
+    """A project folder holding only params.yaml (no git: each stage runs as its own command, DVC is not involved)."""
     root.mkdir(parents=True)
-    fault_params(root / "params.yaml")
+    (root / "params.yaml").write_text(small_params(sft_steps=6, rsgrpo_steps=3, predict_batch_size=4))
     return root
 
 
@@ -96,7 +69,7 @@ def start_all_stages(root: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-c", _RUN_STAGES, *ALL_STAGES],
         cwd=root,
-        env=project_env(),
+        env=clean_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -268,14 +241,14 @@ def test_a_killed_stage_reruns_to_the_uninterrupted_outputs(
     log = tmp_path / "killed-run.log"
     with log.open("wb") as output:
         victim = subprocess.Popen(
-            command, cwd=root, env=project_env(), stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+            command, cwd=root, env=clean_env(), stdout=output, stderr=subprocess.STDOUT, start_new_session=True
         )
     what, condition = kill_point(stage, root)
     kill_when(victim, condition, what, log)
     assert_whole_outputs(root, reference_root, outputs, old)
     torn = tear_append_only_files(stage, root)
 
-    rerun = subprocess.run(command, cwd=root, env=project_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
+    rerun = subprocess.run(command, cwd=root, env=clean_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
     assert rerun.returncode == 0, f"rerun of {stage} failed:\n{rerun.stdout[-3000:]}\n{rerun.stderr[-3000:]}"
     print(f"\n{stage}: killed at {what}, tore {torn}; kill + rerun {time.monotonic() - started:.1f} s")
     assert differing(hashes(reference_root, outputs + grown), hashes(root, outputs + grown)) == []

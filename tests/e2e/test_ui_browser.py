@@ -18,7 +18,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_e2e_pipeline import _copy_checkout, _small_params
+from conftest import MakeRepo, clean_env, small_params
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = REPO_ROOT / "artifacts" / "screenshots"
@@ -145,13 +144,12 @@ def _wait_for_deployment(api: str, proc: subprocess.Popen, log: Path, timeout: f
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, make_repo: MakeRepo) -> Iterator[Stack]:
     _chromium()  # skip (or fail under CI) before minutes of pipeline, not after
     base = tmp_path_factory.mktemp("ui")
-    root = base / "project"
-    root.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "EVISRAG_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    root, env = base / "project", clean_env()
+    params = yaml.safe_load(small_params())
+    params["serve"].update(retries=0, retry_delay_seconds=0)
     prefect_port, mlflow_port = _free_port(), _free_port()
     prefect_url, mlflow_url = f"http://127.0.0.1:{prefect_port}", f"http://127.0.0.1:{mlflow_port}"
     env_prefect = env | {"PREFECT_HOME": str(base / "prefect_home"), "PREFECT_API_URL": f"{prefect_url}/api"}
@@ -170,16 +168,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         mlflow_cmd += ["--backend-store-uri", f"sqlite:///{base / 'mlflow.db'}", "--workers", "1"]
         started.append(_start_group(mlflow_cmd, base, env, mlflow_log))
 
-        _copy_checkout(root)
-        _small_params(root / "params.yaml")
-        params = yaml.safe_load((root / "params.yaml").read_text())
         params["tracking"]["mlflow_tracking_uri"] = mlflow_url
-        params["serve"].update(retries=0, retry_delay_seconds=0)
-        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
-        _run(["git", "init", "-q"], root, env)
-        _run([*git, "add", "-A"], root, env)
-        _run([*git, "commit", "-qm", "fixture"], root, env)
+        make_repo(root, checkout=True, files={"params.yaml": yaml.safe_dump(params, sort_keys=False)})
 
         _wait_until_up(f"{prefect_url}/api/health", started[0], server_log)
         _wait_until_up(f"{mlflow_url}/health", started[1], mlflow_log)

@@ -7,23 +7,19 @@ The deployment's run on a real Prefect server (scheduled from the UI's point of 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import MakeRepo, clean_env
 
 from evisrag_core.config import ParamsError, ServeParams, parse_params
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def _clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "EVISRAG_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return env
+# the repository's params (serve on demand, MLflow in the working folder): valid whatever the config rules become
+PARAMS_TEXT = (REPO_ROOT / "params.yaml").read_text()
 
 
 def test_cron_from_params_becomes_the_deployment_schedule() -> None:
@@ -68,11 +64,11 @@ def test_bad_serve_params_are_refused(serve: dict, message: str) -> None:
 
 
 def test_serve_without_a_server_says_how_to_start_one(tmp_path: Path) -> None:
-    (tmp_path / "params.yaml").write_text("{}\n")
+    (tmp_path / "params.yaml").write_text(PARAMS_TEXT)
     result = subprocess.run(
         [sys.executable, "-m", "flows.cli", "serve"],
         cwd=tmp_path,
-        env=_clean_env() | {"PYTHONPATH": str(REPO_ROOT)},
+        env=clean_env() | {"PYTHONPATH": str(REPO_ROOT)},
         capture_output=True,
         text=True,
         timeout=120,
@@ -110,17 +106,13 @@ print(json.dumps({{"state": state.type.value, "logs": [log.message for log in lo
 """
 
 
-def _flaky_project(root: Path) -> dict[str, str]:
-    env = _clean_env() | {"PYTHONPATH": str(REPO_ROOT)}
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
-    (root / "dvc.yaml").write_text(FLAKY_DVC_YAML)
-    (root / "params.yaml").write_text("{}\n")
-    (root / ".gitignore").write_text("attempted\nmlflow.db\n.prefect/\nmlruns/\n")
-    for command in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"]):
-        subprocess.run(command, cwd=root, env=env, check=True, capture_output=True)
-    subprocess.run([*git, "add", "-A"], cwd=root, env=env, check=True, capture_output=True)
-    subprocess.run([*git, "commit", "-qm", "flaky"], cwd=root, env=env, check=True, capture_output=True)
-    return env
+def _flaky_project(root: Path, make_repo: MakeRepo) -> dict[str, str]:
+    files = {
+        "dvc.yaml": FLAKY_DVC_YAML,
+        "params.yaml": PARAMS_TEXT,
+        ".gitignore": "attempted\nmlflow.db\n.prefect/\nmlruns/\n",
+    }
+    return make_repo(root, files=files, dvc_init=True) | {"PYTHONPATH": str(REPO_ROOT)}
 
 
 def _run_pipeline(root: Path, env: dict[str, str], retries: int) -> dict:
@@ -137,8 +129,8 @@ def _run_pipeline(root: Path, env: dict[str, str], retries: int) -> dict:
 
 
 @pytest.mark.slow
-def test_failed_stage_is_retried_and_its_output_is_in_the_flow_run_log(tmp_path: Path) -> None:
-    env = _flaky_project(tmp_path)
+def test_failed_stage_is_retried_and_its_output_is_in_the_flow_run_log(tmp_path: Path, make_repo: MakeRepo) -> None:
+    env = _flaky_project(tmp_path, make_repo)
     run = _run_pipeline(tmp_path, env, retries=1)
     assert run["state"] == "COMPLETED"
     # The stage's own stdout reached the Prefect run logger (what the UI shows), from both attempts.
@@ -148,8 +140,8 @@ def test_failed_stage_is_retried_and_its_output_is_in_the_flow_run_log(tmp_path:
 
 
 @pytest.mark.slow
-def test_without_retries_a_failed_stage_fails_the_run(tmp_path: Path) -> None:
-    env = _flaky_project(tmp_path)
+def test_without_retries_a_failed_stage_fails_the_run(tmp_path: Path, make_repo: MakeRepo) -> None:
+    env = _flaky_project(tmp_path, make_repo)
     run = _run_pipeline(tmp_path, env, retries=0)
     assert run["state"] == "FAILED"
     assert any("dvc repro failed with exit code" in message for message in run["logs"])
