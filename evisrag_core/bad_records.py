@@ -8,17 +8,16 @@ itself: the rows before and after it, and everything a resumable stage already w
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from evisrag_core.config import OnBadRecord
-from evisrag_core.io import BadRecordError
+from evisrag_core.io import BadRecordError, jsonl_rows
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class BadRecords:
@@ -42,34 +41,19 @@ class BadRecords:
         log.warning("skipped a bad record (on_bad_record: skip): %s", err)
 
 
-def _row(line: bytes, where: str) -> dict[str, Any]:
-    try:
-        text = line.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise BadRecordError(f"{where}: not valid UTF-8 ({err}); re-export the file as UTF-8") from err
-    try:
-        row = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise BadRecordError(f"{where}: invalid JSON ({err.msg}); fix or remove the line") from err
-    if not isinstance(row, dict):
-        raise BadRecordError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    return row
+def read_records(
+    path: str | os.PathLike[str], parse: Callable[[dict[str, Any], str], T], bad: BadRecords | None = None
+) -> list[T]:
+    """`parse(row, where)` of every row of a JSON-lines file, in file order.
 
-
-def jsonl_rows(path: str | os.PathLike[str], bad: BadRecords) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(`file:line`, row) for every readable JSON object of a JSON-lines file; blank lines are ignored.
-
-    Each line is decoded on its own, so a line with non-UTF-8 bytes or broken JSON is one bad record (named by its
-    line number), not a failure of the whole file.
+    A line that is not a JSON object, or a row `parse` refuses with BadRecordError, raises under the `error` policy
+    or is left out and counted in `bad` under `skip`; rows before and after it are kept. `where` is `file:line`.
     """
-    source = Path(path)
-    for line_no, line in enumerate(source.read_bytes().split(b"\n"), start=1):
-        if not line.strip():
-            continue
-        where = f"{source}:{line_no}"
+    bad = bad or BadRecords()
+    records = []
+    for where, row in jsonl_rows(path, bad):
         try:
-            row = _row(line, where)
+            records.append(parse(row, where))
         except BadRecordError as err:
             bad.reject(err)
-            continue
-        yield where, row
+    return records

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from evisrag_core.bad_records import BadRecords, jsonl_rows
+from evisrag_core.bad_records import BadRecords, read_records
 from evisrag_core.config import OnBadRecord
 from evisrag_core.data.schema import TestRecord, list_benchmarks, load_test_split
 from evisrag_core.grounding import QuestionGrounding, aggregate_grounding, question_grounding
@@ -31,8 +31,9 @@ MISSING_SHOWN = 10
 OVERALL = "overall"
 
 
-def check_prediction(row: dict[str, Any], where: str) -> None:
-    """A prediction row needs a str/int `qid` and a str `pred`; `where` locates the row in error messages."""
+def check_prediction(row: dict[str, Any], where: str) -> dict[str, Any]:
+    """`row`, once checked: a prediction row needs a str/int `qid` and a str `pred`; `where` locates the row in error
+    messages."""
     for key in ("qid", "pred"):
         if key not in row:
             raise BadRecordError(f"{where}: missing field {key!r}; a prediction row needs 'qid' and 'pred'")
@@ -41,21 +42,13 @@ def check_prediction(row: dict[str, Any], where: str) -> None:
         raise BadRecordError(f"{where}: field 'qid' must be a string or an integer, got {qid!r}")
     if not isinstance(pred, str):
         raise BadRecordError(f"{where}: field 'pred' must be the generated text (a string), got {pred!r}")
+    return row
 
 
 def read_predictions(path: str | os.PathLike[str], bad: BadRecords | None = None) -> list[dict[str, Any]]:
     """Read a prediction JSON-lines file, checking every row's `qid` and `pred` (errors name file:line); a bad row
     is left out and counted in `bad` under the `skip` policy."""
-    bad = bad or BadRecords()
-    rows = []
-    for where, row in jsonl_rows(path, bad):
-        try:
-            check_prediction(row, where)
-        except BadRecordError as err:
-            bad.reject(err)
-            continue
-        rows.append(row)
-    return rows
+    return read_records(path, check_prediction, bad)
 
 
 def _index_predictions(

@@ -16,6 +16,8 @@ image entry goes through `load_image`, then to the processor as a PIL image.
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 import warnings
 from collections.abc import Sequence
@@ -149,3 +151,14 @@ def vision_inputs(messages: Sequence[dict[str, Any]]) -> list[Image.Image] | Non
             else:
                 images.append(load_image(source, *limits))
     return images or None
+
+
+def thumbnail_data_url(path: str | os.PathLike[str], size: tuple[int, int]) -> str:
+    """A base64 PNG data URL of the image in RGB, shrunk to fit `size` (aspect ratio kept): the reports embed these
+    so that an HTML page is self-contained."""
+    with Image.open(path) as image:
+        small = image.convert("RGB")
+    small.thumbnail(size)
+    buffer = io.BytesIO()
+    small.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 
 class BadRecordError(ValueError):
@@ -86,25 +86,52 @@ def write_jsonl_atomic(path: str | os.PathLike[str], rows: Iterable[dict[str, An
     write_text_atomic(path, "".join(lines))
 
 
-def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Read a JSON-lines file; a bad line raises BadRecordError naming the file and line number."""
-    rows: list[dict[str, Any]] = []
-    source = Path(path)
+def _parse_line(line: bytes, where: str) -> dict[str, Any]:
     try:
-        text = source.read_text(encoding="utf-8")
+        text = line.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise BadRecordError(f"{source}: not valid UTF-8 ({err}); re-export the file as UTF-8") from err
-    for line_no, line in enumerate(text.splitlines(), start=1):
+        raise BadRecordError(f"{where}: not valid UTF-8 ({err}); re-export the file as UTF-8") from err
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise BadRecordError(f"{where}: invalid JSON ({err.msg}); fix or remove the line") from err
+    if not isinstance(row, dict):
+        raise BadRecordError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    return row
+
+
+class Rejecter(Protocol):
+    """What judges a bad record: `evisrag_core.bad_records.BadRecords` (raise, or count and skip)."""
+
+    def reject(self, err: BadRecordError) -> None: ...
+
+
+def jsonl_rows(path: str | os.PathLike[str], bad: Rejecter | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(`file:line`, row) for every readable JSON object of a JSON-lines file; blank lines are ignored.
+
+    Each line is decoded on its own, so a line with non-UTF-8 bytes or broken JSON is one bad record (named by its
+    line number), not a failure of the whole file. A bad line is raised, or handed to `bad` (a stage's
+    `BadRecords`, which applies its `on_bad_record` policy). Lines end at a newline byte only: a record's text
+    may hold U+2028 or a lone carriage return, which `str.splitlines` would wrongly cut at.
+    """
+    source = Path(path)
+    for line_no, line in enumerate(source.read_bytes().split(b"\n"), start=1):
         if not line.strip():
             continue
+        where = f"{source}:{line_no}"
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise BadRecordError(f"{source}:{line_no}: invalid JSON ({err.msg}); fix or remove the line") from err
-        if not isinstance(row, dict):
-            raise BadRecordError(f"{source}:{line_no}: expected a JSON object, got {type(row).__name__}")
-        rows.append(row)
-    return rows
+            row = _parse_line(line, where)
+        except BadRecordError as err:
+            if bad is None:
+                raise
+            bad.reject(err)
+            continue
+        yield where, row
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Every row of a JSON-lines file; a bad line raises BadRecordError naming the file and line number."""
+    return [row for _, row in jsonl_rows(path)]
 
 
 def append_jsonl(handle: Any, row: dict[str, Any]) -> None:
@@ -147,7 +174,12 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
             shutil.rmtree(old)
         if target.exists():
             os.replace(target, old)
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if old.exists() and not target.exists():
+                os.replace(old, target)  # a failed swap puts the previous output back
+            raise
         shutil.rmtree(old, ignore_errors=True)
     finally:
         if tmp.exists():

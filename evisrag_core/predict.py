@@ -36,14 +36,17 @@ class Request:
 
 
 @dataclass(frozen=True)
-class Sampling:
+class Decoding:
+    """How prediction decodes one answer per question (params.yaml `predict`): greedy at temperature 0, else sampled
+    with top-p. Not `rsgrpo.fast_decode.Sampling`, which draws n responses per prompt for the rollouts."""
+
     temperature: float
     top_p: float
     repetition_penalty: float
     max_new_tokens: int
 
     @classmethod
-    def from_params(cls, params: PredictParams) -> Sampling:
+    def from_params(cls, params: PredictParams) -> Decoding:
         return cls(params.temperature, params.top_p, params.repetition_penalty, params.max_new_tokens)
 
 
@@ -85,8 +88,8 @@ def set_cpu_threads() -> int:
 class TransformersBackend:
     """Batched `generate` with left padding; images go through `evisrag_core.images.vision_inputs`."""
 
-    def __init__(self, model: Any, processor: Any, sampling: Sampling, template: str, pixels: tuple[int, int]):
-        self.model, self.processor, self.sampling = model, processor, sampling
+    def __init__(self, model: Any, processor: Any, decoding: Decoding, template: str, pixels: tuple[int, int]):
+        self.model, self.processor, self.decoding = model, processor, decoding
         self.template, self.min_pixels, self.max_pixels = template, *pixels
         self.processor.tokenizer.padding_side = "left"
 
@@ -101,15 +104,15 @@ class TransformersBackend:
     @torch.inference_mode()
     def generate(self, requests: Sequence[Request]) -> list[str]:
         inputs = self._inputs(requests).to(self.model.device)
-        sample = self.sampling.temperature > 0
+        sample = self.decoding.temperature > 0
         options: dict[str, Any] = {
-            "max_new_tokens": self.sampling.max_new_tokens,
+            "max_new_tokens": self.decoding.max_new_tokens,
             "do_sample": sample,
-            "repetition_penalty": self.sampling.repetition_penalty,
+            "repetition_penalty": self.decoding.repetition_penalty,
             "pad_token_id": self.processor.tokenizer.pad_token_id,
         }
         if sample:
-            options.update(temperature=self.sampling.temperature, top_p=self.sampling.top_p)
+            options.update(temperature=self.decoding.temperature, top_p=self.decoding.top_p)
         else:
             # Greedy decoding: unset the sampling knobs a checkpoint's generation_config may carry.
             options.update(temperature=None, top_p=None, top_k=None)
@@ -121,7 +124,7 @@ class TransformersBackend:
 class VllmBackend:
     """vLLM generation, as the reference and the model card do; GPU machines only, imported lazily."""
 
-    def __init__(self, model_path: str, processor: Any, sampling: Sampling, template: str, pixels: tuple[int, int]):
+    def __init__(self, model_path: str, processor: Any, decoding: Decoding, template: str, pixels: tuple[int, int]):
         try:
             from vllm import LLM, SamplingParams
         except ImportError as err:
@@ -132,10 +135,10 @@ class VllmBackend:
         self.processor, self.template, (self.min_pixels, self.max_pixels) = processor, template, pixels
         self.llm = LLM(model=model_path, dtype="bfloat16", limit_mm_per_prompt={"image": 5, "video": 0})
         self.params = SamplingParams(
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            repetition_penalty=sampling.repetition_penalty,
-            max_tokens=sampling.max_new_tokens,
+            temperature=decoding.temperature,
+            top_p=decoding.top_p,
+            repetition_penalty=decoding.repetition_penalty,
+            max_tokens=decoding.max_new_tokens,
         )
 
     def generate(self, requests: Sequence[Request]) -> list[str]:

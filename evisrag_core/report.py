@@ -14,9 +14,7 @@ The page holds no timestamp: the same inputs give the same report.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import logging
 import math
@@ -27,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
-from PIL import Image
 
 from evisrag_core.data.schema import TestRecord, load_test_split, resolve_image_path
 from evisrag_core.grounding import GROUNDING_KEYS, evidence_items
+from evisrag_core.images import thumbnail_data_url
 from evisrag_core.io import BadRecordError, atomic_path, read_jsonl, write_text_atomic
 from evisrag_core.metrics import METRIC_KEYS
 
@@ -127,16 +125,6 @@ def _round_robin(rows: list[dict[str, Any]], count: int) -> list[dict[str, Any]]
     return picked
 
 
-def thumbnail(path: Path) -> str:
-    """A base64 PNG data URL of the image, shrunk to fit THUMBNAIL."""
-    with Image.open(path) as image:
-        small = image.convert("RGB")
-    small.thumbnail(THUMBNAIL)
-    buffer = io.BytesIO()
-    small.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
 # --- plots ----------------------------------------------------------------------------------------------------------
 
 
@@ -222,7 +210,7 @@ def _images_html(record: TestRecord | None, split_dir: Path, cited: Sequence[int
         tags = [t for t, on in (("holds the answer", index in positives), ("cited", index in cited)) if on]
         caption = f"[{index}]" + (f" {', '.join(tags)}" if tags else "")
         try:
-            source = thumbnail(resolve_image_path(split_dir, relative))
+            source = thumbnail_data_url(resolve_image_path(split_dir, relative), THUMBNAIL)
         except (BadRecordError, OSError) as err:
             parts.append(_missing(f"[{index}] {relative}: {err}"))
             continue

@@ -12,6 +12,7 @@ from evisrag_core.config import DataParams, Params
 from evisrag_core.data import hub
 from evisrag_core.data.generator import GeneratorSpec, generate_dataset
 from evisrag_core.data.schema import RL_FILE, SFT_FILE, TEST_FILE
+from evisrag_core.data.verify import verify_split
 from evisrag_core.io import atomic_dir
 from tasks import TASK_DEFAULTS
 
@@ -52,4 +53,4 @@ def verify_dataset(root: Path, manifest: dict[str, Any]) -> None:
     files = {"train/sft": ("train", SFT_FILE), "train/rl": ("train", RL_FILE)}
     for key, expected in tqdm(manifest["counts"].items(), desc="verify", unit="split"):
         folder, name = files.get(key, (key, TEST_FILE))
-        hub.verify_split(root / folder, name, expected)
+        verify_split(root / folder, name, expected)

@@ -32,7 +32,14 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from evisrag_core.data.schema import MANIFEST_FILE, RL_FILE, SFT_FILE, TEST_FILE
+from evisrag_core.data.schema import (
+    IMAGE_PLACEHOLDER,
+    INSUFFICIENT_ANSWER,
+    MANIFEST_FILE,
+    RL_FILE,
+    SFT_FILE,
+    TEST_FILE,
+)
 from evisrag_core.io import write_json_atomic, write_jsonl_atomic
 from evisrag_core.prompts import evidence_prompt
 
@@ -44,7 +51,6 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "purple": (140, 50, 180),
     "orange": (245, 135, 20),
 }
-INSUFFICIENT_ANSWER = "insufficient to answer"
 NO_RELEVANT = "no relevant information"
 ORDINALS = ("first", "second", "third", "fourth", "fifth")
 
@@ -222,7 +228,7 @@ def test_row(question: Question, images: list[str]) -> dict[str, Any]:
 
 def sft_record(question: Question, images: list[str], template: str = "model_card") -> dict[str, Any]:
     """A chat conversation in the LLaMA-Factory sharegpt style: one `<image>` placeholder per image."""
-    user = evidence_prompt(question.query, template) + "<image>" * len(images)
+    user = evidence_prompt(question.query, template) + IMAGE_PLACEHOLDER * len(images)
     return {
         "id": question.qid,
         "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": tagged_response(question)}],

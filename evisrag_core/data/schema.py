@@ -7,25 +7,39 @@
   test/<Benchmark>/images/...
   train/sft.jsonl                     # chat conversations: {"id", "messages": [...], "images": [...]}
   train/rl.jsonl                      # {"id", "prompt", "image": [...], "answer": tagged ground truth}
+  train/rl_val.jsonl                  # optional RL validation records, the shape of rl.jsonl (hub/local data)
   train/images/...
 ```
 Image paths in a record are relative to the folder holding the jsonl file. Optional test-record field `positives`
-(1-based indices of the images that hold the answer) is kept when a source provides it.
+(1-based indices of the images that hold the answer) is kept when a source provides it. An SFT user turn holds one
+`<image>` placeholder (IMAGE_PLACEHOLDER) per image; an RL prompt holds one per image or none.
+
+The record types a stage reads, each with its parser (`where` = file:line goes into every error) and its loader
+(bad records raise, or are counted and skipped under `on_bad_record: skip`): TestRecord (`load_test_split`),
+Conversation (`load_conversations`, SFT) and RLPrompt (`load_rl_prompts`). `check_sft_record`/`check_rl_record`
+check the written shape of the training files (the download stage's verification).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from evisrag_core.bad_records import BadRecords, jsonl_rows
+from evisrag_core.bad_records import BadRecords, read_records
+from evisrag_core.images import check_image
 from evisrag_core.io import BadRecordError
+from evisrag_core.parsing import extract_block
 
 TEST_FILE = "top3_test.jsonl"
 SFT_FILE = "sft.jsonl"
 RL_FILE = "rl.jsonl"
+RL_VAL_FILE = "rl_val.jsonl"
 MANIFEST_FILE = "manifest.json"
+IMAGE_PLACEHOLDER = "<image>"
+INSUFFICIENT_ANSWER = "insufficient to answer"
+GROUND_TRUTH_TAGS = ("<evidence>", "</evidence>", "<answer>", "</answer>")
 
 
 @dataclass(frozen=True)
@@ -86,23 +100,19 @@ def load_test_split(split_dir: str | Path, bad: BadRecords | None = None) -> lis
     A bad line (unreadable, a missing or mistyped field, a repeated qid) raises BadRecordError naming file:line,
     or, with `bad` set to the `skip` policy, is left out and counted there (the first row with a qid is kept).
     """
-    bad = bad or BadRecords()
     path = Path(split_dir) / TEST_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; run `evisrag download` first (or point --data at a test set)")
-    records = []
     seen: set[str] = set()
-    for where, row in jsonl_rows(path, bad):
-        try:
-            record = parse_test_record(row, where)
-            if str(record.qid) in seen:
-                raise BadRecordError(f"{where}: duplicate qid {record.qid!r}; qids must be unique")
-        except BadRecordError as err:
-            bad.reject(err)
-            continue
+
+    def parse_unique(row: dict[str, Any], where: str) -> TestRecord:
+        record = parse_test_record(row, where)
+        if str(record.qid) in seen:
+            raise BadRecordError(f"{where}: duplicate qid {record.qid!r}; qids must be unique")
         seen.add(str(record.qid))
-        records.append(record)
-    return records
+        return record
+
+    return read_records(path, parse_unique, bad)
 
 
 def list_benchmarks(data_dir: str | Path) -> list[str]:
@@ -129,3 +139,139 @@ def resolve_image_path(split_dir: str | Path, relative: str, where: str = "") ->
     if not candidate.is_file():
         raise BadRecordError(f"{prefix}image {relative!r} not found under {root}; re-run `evisrag download`")
     return candidate
+
+
+# --- training records -----------------------------------------------------------------------------------------------
+
+
+def _require_tagged(answer: str, where: str) -> None:
+    missing = [tag for tag in GROUND_TRUTH_TAGS if tag not in answer]
+    if missing:
+        raise BadRecordError(f"{where}: 'answer' must be the tagged ground truth; it lacks {missing}")
+
+
+def check_sft_record(row: dict[str, Any], where: str) -> None:
+    """An SFT record has user and assistant turns and exactly one `<image>` per image in its user turns."""
+    messages, images = row.get("messages"), row.get("images")
+    if not isinstance(messages, list) or not isinstance(images, list):
+        raise BadRecordError(f"{where}: an SFT record needs 'messages' and 'images' lists")
+    if not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages):
+        raise BadRecordError(f"{where}: every message needs a 'role' and a string 'content'")
+    roles = [m.get("role") for m in messages]
+    if "user" not in roles or roles[-1] != "assistant":
+        raise BadRecordError(f"{where}: an SFT conversation needs a user turn and must end with the assistant's")
+    placeholders = sum(m["content"].count(IMAGE_PLACEHOLDER) for m in messages if m["role"] == "user")
+    if placeholders != len(images):
+        raise BadRecordError(
+            f"{where}: {placeholders} {IMAGE_PLACEHOLDER} placeholder(s) in the user turns for {len(images)} images"
+        )
+
+
+def check_rl_record(row: dict[str, Any], where: str) -> None:
+    """An RL record has a prompt, its images and a tagged ground truth holding evidence and answer blocks."""
+    prompt, answer, images = row.get("prompt"), row.get("answer"), row.get("image")
+    if not isinstance(prompt, str) or not isinstance(answer, str) or not isinstance(images, list):
+        raise BadRecordError(f"{where}: an RL record needs 'prompt' (string), 'image' (list), 'answer' (string)")
+    _require_tagged(answer, where)
+    placeholders = prompt.count(IMAGE_PLACEHOLDER)
+    if placeholders not in (0, len(images)):
+        raise BadRecordError(f"{where}: prompt has {placeholders} {IMAGE_PLACEHOLDER} for {len(images)} images")
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """One SFT example: the user's question text, its images (absolute paths) and the target response."""
+
+    id: str
+    user_text: str
+    images: list[str]
+    response: str
+
+
+def parse_sft_record(row: dict[str, Any], root: Path, where: str) -> Conversation:
+    """An `sft.jsonl` row (user turn with one `<image>` per image, then the assistant turn) → Conversation."""
+    messages, images = row.get("messages"), row.get("images", [])
+    if not isinstance(messages, list) or len(messages) < 2:
+        raise BadRecordError(f"{where}: 'messages' must hold a user turn and an assistant turn")
+    user = next((m for m in messages if m.get("role") == "user"), None)
+    assistant = next((m for m in reversed(messages) if m.get("role") == "assistant"), None)
+    if user is None or assistant is None:
+        raise BadRecordError(f"{where}: needs one 'user' and one 'assistant' message")
+    if not isinstance(images, list) or not images or not all(isinstance(p, str) and p for p in images):
+        raise BadRecordError(f"{where}: 'images' must be a non-empty list of image paths (the task is over images)")
+    text = str(user.get("content", ""))
+    if text.count(IMAGE_PLACEHOLDER) != len(images):
+        raise BadRecordError(
+            f"{where}: {text.count(IMAGE_PLACEHOLDER)} <image> placeholders for {len(images)} images; they must match"
+        )
+    paths = [str(resolve_image_path(root, p, where)) for p in images]
+    return Conversation(
+        str(row.get("id", where)), text.replace(IMAGE_PLACEHOLDER, ""), paths, str(assistant["content"])
+    )
+
+
+def load_conversations(sft_file: Path, bad: BadRecords | None = None) -> list[Conversation]:
+    """Every valid conversation of `sft_file`, its images checked; a bad record raises BadRecordError naming
+    file:line, or is left out and counted in `bad` under the `skip` policy (`sft.on_bad_record`)."""
+    return read_records(sft_file, _images_checked(parse_sft_record, sft_file.parent), bad)
+
+
+@dataclass(frozen=True)
+class RLPrompt:
+    """One RL record: the question, its images (absolute paths, rank order) and the tagged ground truth."""
+
+    id: str
+    query: str
+    images: tuple[str, ...]
+    image_refs: tuple[str, ...]  # the images as the record names them (relative to the record file)
+    ground_truth: str
+    is_sufficient: bool
+
+    @property
+    def gold_answer(self) -> str:
+        return (extract_block(self.ground_truth, "answer") or "").strip()
+
+
+def parse_rl_record(row: dict[str, Any], root: Path, where: str) -> RLPrompt:
+    """An `rl.jsonl` row → RLPrompt. `is_sufficient` defaults to "the gold answer is not 'insufficient to answer'"."""
+    prompt, answer, images = row.get("prompt"), row.get("answer"), row.get("image")
+    if not isinstance(prompt, str) or not isinstance(answer, str) or not isinstance(images, list) or not images:
+        raise BadRecordError(f"{where}: an RL record needs 'prompt' (string), 'image' (non-empty list), 'answer'")
+    _require_tagged(answer, where)
+    paths = tuple(str(resolve_image_path(root, ref, where)) for ref in images)
+    record = RLPrompt(
+        id=str(row.get("id", where)),
+        query=prompt.replace(IMAGE_PLACEHOLDER, "").strip(),
+        images=paths,
+        image_refs=tuple(images),
+        ground_truth=answer,
+        is_sufficient=True,
+    )
+    sufficient = row.get("is_sufficient")
+    if not isinstance(sufficient, bool):
+        sufficient = record.gold_answer.lower() != INSUFFICIENT_ANSWER
+    return RLPrompt(record.id, record.query, paths, record.image_refs, answer, sufficient)
+
+
+TrainRecord = TypeVar("TrainRecord", Conversation, RLPrompt)
+
+
+def load_rl_prompts(path: Path, bad: BadRecords | None = None) -> list[RLPrompt]:
+    """Every valid record of an RL file, its images checked; a bad record raises BadRecordError naming file:line,
+    or is left out and counted in `bad` under the `skip` policy."""
+    return read_records(path, _images_checked(parse_rl_record, path.parent), bad)
+
+
+def _images_checked(
+    parse: Callable[[dict[str, Any], Path, str], TrainRecord], root: Path
+) -> Callable[[dict[str, Any], str], TrainRecord]:
+    """`parse` of a row under `root`, then each of its images decoded: a missing, damaged or oversized image fails
+    here, with its record, and not deep inside a training batch."""
+
+    def parse_checked(row: dict[str, Any], where: str) -> TrainRecord:
+        record = parse(row, root, where)
+        for image in record.images:
+            check_image(image, where)
+        return record
+
+    return parse_checked

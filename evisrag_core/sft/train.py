@@ -1,15 +1,9 @@
 """Stage 1, supervised fine-tuning (spec §6), on transformers' `Trainer`.
 
-What is ours: turning an SFT conversation into model inputs with labels on the assistant tokens only, freezing the
-vision tower, and the training arguments of the embedded default and of the paper profile. Everything else —
-optimiser, cosine schedule with warm-up, gradient accumulation, clipping, checkpoints, resume and DeepSpeed ZeRO —
-is the Trainer's own.
-
-Label masking: a conversation is rendered twice with the Qwen2-VL chat template, the prompt alone (ending in
-`<|im_start|>assistant\\n`) and the prompt plus the assistant turn. Images expand identically in both, so the
-prompt's token count marks where the answer starts. Labels are the answer tokens and the closing `<|im_end|>`
-(the model must learn to stop); the system/user turns, every image token, the template's trailing newline and
-padding are -100.
+What is ours: turning an SFT conversation into model inputs with labels on the assistant tokens only (`sft.data`),
+freezing the vision tower, and the training arguments of the embedded default and of the paper profile. Everything
+else — optimiser, cosine schedule with warm-up, gradient accumulation, clipping, checkpoints, resume and DeepSpeed
+ZeRO — is the Trainer's own.
 """
 
 from __future__ import annotations
@@ -19,160 +13,19 @@ import logging
 import math
 import os
 import shutil
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from evisrag_core.bad_records import BadRecords, jsonl_rows
+from evisrag_core.bad_records import BadRecords
 from evisrag_core.config import SFTParams
-from evisrag_core.data.schema import resolve_image_path
-from evisrag_core.images import check_image, vision_inputs
-from evisrag_core.io import BadRecordError
-from evisrag_core.prompts import build_messages
+from evisrag_core.data.schema import load_conversations
 from evisrag_core.resume import fingerprinted_checkpoint
+from evisrag_core.sft.data import SFTCollator
 
 log = logging.getLogger(__name__)
-IGNORE_INDEX = -100
-IMAGE_PLACEHOLDER = "<image>"
-
-
-@dataclass(frozen=True)
-class Conversation:
-    """One SFT example: the user's question text, its images (absolute paths) and the target response."""
-
-    id: str
-    user_text: str
-    images: list[str]
-    response: str
-
-
-def parse_sft_record(row: dict[str, Any], root: Path, where: str) -> Conversation:
-    """An `sft.jsonl` row (user turn with one `<image>` per image, then the assistant turn) → Conversation."""
-    messages, images = row.get("messages"), row.get("images", [])
-    if not isinstance(messages, list) or len(messages) < 2:
-        raise BadRecordError(f"{where}: 'messages' must hold a user turn and an assistant turn")
-    user = next((m for m in messages if m.get("role") == "user"), None)
-    assistant = next((m for m in reversed(messages) if m.get("role") == "assistant"), None)
-    if user is None or assistant is None:
-        raise BadRecordError(f"{where}: needs one 'user' and one 'assistant' message")
-    if not isinstance(images, list) or not images or not all(isinstance(p, str) and p for p in images):
-        raise BadRecordError(f"{where}: 'images' must be a non-empty list of image paths (the task is over images)")
-    text = str(user.get("content", ""))
-    if text.count(IMAGE_PLACEHOLDER) != len(images):
-        raise BadRecordError(
-            f"{where}: {text.count(IMAGE_PLACEHOLDER)} <image> placeholders for {len(images)} images; they must match"
-        )
-    paths = [str(resolve_image_path(root, p, where)) for p in images]
-    return Conversation(
-        str(row.get("id", where)), text.replace(IMAGE_PLACEHOLDER, ""), paths, str(assistant["content"])
-    )
-
-
-def load_conversations(sft_file: Path, bad: BadRecords | None = None) -> list[Conversation]:
-    """Every valid conversation of `sft_file`, its images checked; a bad record raises BadRecordError naming
-    file:line, or is left out and counted in `bad` under the `skip` policy (`sft.on_bad_record`)."""
-    bad = bad or BadRecords()
-    conversations = []
-    for where, row in jsonl_rows(sft_file, bad):
-        try:
-            conversation = parse_sft_record(row, sft_file.parent, where)
-            for image in conversation.images:
-                check_image(image, where)
-        except BadRecordError as err:
-            bad.reject(err)
-            continue
-        conversations.append(conversation)
-    return conversations
-
-
-def conversation_messages(example: Conversation, min_pixels: int, max_pixels: int) -> list[dict[str, Any]]:
-    """The user turn exactly as prediction builds it (text, then images in order), plus the assistant answer."""
-    user = build_messages("", example.images, min_pixels=min_pixels, max_pixels=max_pixels)
-    user[0]["content"][0]["text"] = example.user_text
-    return [*user, {"role": "assistant", "content": [{"type": "text", "text": example.response}]}]
-
-
-class SFTCollator:
-    """Conversations → a padded batch with `labels` on assistant tokens only (see the module docstring)."""
-
-    def __init__(self, processor: Any, min_pixels: int, max_pixels: int, cutoff_len: int):
-        self.processor, self.min_pixels, self.max_pixels, self.cutoff_len = (
-            processor,
-            min_pixels,
-            max_pixels,
-            cutoff_len,
-        )
-        self.pad_id = processor.tokenizer.pad_token_id
-        self.end_id = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
-
-    def _encode(self, example: Conversation) -> dict[str, Any]:
-        messages = conversation_messages(example, self.min_pixels, self.max_pixels)
-        prompt = self.processor.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
-        full = self.processor.apply_chat_template(messages, tokenize=False)
-        if not full.startswith(prompt):
-            raise ValueError(f"{example.id}: the chat template renders the prompt differently inside the conversation")
-        images = vision_inputs(messages[:1])
-        encoded = self.processor(text=[full], images=images or None, return_tensors="pt")
-        input_ids = encoded["input_ids"][0]
-        prompt_len = self._prompt_length(prompt, encoded, input_ids, example.id)
-        labels = torch.full_like(input_ids, IGNORE_INDEX)
-        labels[prompt_len:] = input_ids[prompt_len:]
-        # Train on the answer and its <|im_end|>; the template's trailing newline after <|im_end|> is not a target.
-        ends = (input_ids == self.end_id).nonzero().flatten()
-        last_end = int(ends[-1]) if len(ends) else len(input_ids) - 1
-        labels[last_end + 1 :] = IGNORE_INDEX
-        if len(input_ids) > self.cutoff_len:
-            raise BadRecordError(
-                f"{example.id}: {len(input_ids)} tokens exceed sft.cutoff_len={self.cutoff_len}; raise it or shrink "
-                "the images (sft.image_max_pixels)"
-            )
-        return {"input_ids": input_ids, "labels": labels, **{k: v for k, v in encoded.items() if k != "input_ids"}}
-
-    def _prompt_length(self, prompt: str, encoded: Any, input_ids: torch.Tensor, example_id: str) -> int:
-        """Tokens of the prompt inside the full encoding, without processing the images a second time: the prompt
-        text's tokens, plus the extra `<|image_pad|>` tokens each image expands to (one per merged patch)."""
-        text_ids = self.processor.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        expansion = 0
-        if "image_grid_thw" in encoded:
-            merge = self.processor.image_processor.merge_size
-            expansion = int((encoded["image_grid_thw"].prod(dim=-1) // merge**2 - 1).sum())
-        length = len(text_ids) + expansion
-        if length > len(input_ids) or int(input_ids[length - 1]) != text_ids[-1]:
-            raise ValueError(f"{example_id}: the prompt does not tokenize as a prefix of the conversation")
-        return length
-
-    def __call__(self, examples: Sequence[Conversation]) -> dict[str, torch.Tensor]:
-        items = [self._encode(e) for e in examples]
-        width = max(len(item["input_ids"]) for item in items)
-        batch = {
-            "input_ids": torch.full((len(items), width), self.pad_id, dtype=torch.long),
-            "labels": torch.full((len(items), width), IGNORE_INDEX, dtype=torch.long),
-            "attention_mask": torch.zeros((len(items), width), dtype=torch.long),
-        }
-        extra_seq = [
-            k for k in items[0] if k not in ("input_ids", "labels", "attention_mask") and _per_token(items[0], k)
-        ]
-        for k in extra_seq:
-            batch[k] = torch.zeros((len(items), width), dtype=items[0][k].dtype)
-        for row, item in enumerate(items):
-            n = len(item["input_ids"])
-            batch["input_ids"][row, :n] = item["input_ids"]
-            batch["labels"][row, :n] = item["labels"]
-            batch["attention_mask"][row, :n] = 1
-            for k in extra_seq:
-                batch[k][row, :n] = item[k][0]
-        if "pixel_values" in items[0]:
-            batch["pixel_values"] = torch.cat([item["pixel_values"] for item in items])
-            batch["image_grid_thw"] = torch.cat([item["image_grid_thw"] for item in items])
-        return batch
-
-
-def _per_token(item: dict[str, Any], key: str) -> bool:
-    value = item[key]
-    return isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape[1] == len(item["input_ids"])
 
 
 def freeze_vision_tower(model: torch.nn.Module) -> int:

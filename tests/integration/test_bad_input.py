@@ -33,7 +33,7 @@ from evisrag_core.evaluate import evaluate_dir, evaluate_split, read_predictions
 from evisrag_core.io import BadRecordError, read_jsonl, write_json_atomic
 from evisrag_core.metrics import score_prediction
 from evisrag_core.parsing import extract_answer, extract_block
-from evisrag_core.predict import Request, Sampling, build_requests, predict_split
+from evisrag_core.predict import Decoding, Request, build_requests, predict_split
 from evisrag_core.rsgrpo.rewards import score
 
 REAL_PAGE = REPO_ROOT.parent / "shared" / "data" / "real_infovqa" / "infovqa_0.jpg"  # 564×3040 JPEG
@@ -217,7 +217,7 @@ def test_odd_colour_modes_go_through_the_model(tiny_model: tuple[Any, Any], tmp_
         image.save(tmp_path / name)
         paths.append(str(tmp_path / name))
     model, processor = tiny_model
-    backend = TransformersBackend(model, processor, Sampling(0.0, 1.0, 1.0, 4), "model_card", TINY_PIXELS)
+    backend = TransformersBackend(model, processor, Decoding(0.0, 1.0, 1.0, 4), "model_card", TINY_PIXELS)
     [text] = backend.generate([Request("q", "What colour?", paths, paths)])
     assert isinstance(text, str)
 
@@ -245,8 +245,7 @@ def test_more_images_than_the_model_limit(split: Path) -> None:
 def test_zero_images_are_refused(
     tiny_dataset: Path, tmp_path: Path, kind: str, row: dict[str, Any] | None, message: str
 ) -> None:
-    from evisrag_core.rsgrpo.rollout import load_rl_prompts
-    from evisrag_core.sft.train import load_conversations
+    from evisrag_core.data.schema import load_conversations, load_rl_prompts
 
     if kind == "test":
         folder = tmp_path / "t"
@@ -293,8 +292,7 @@ def _train_copy(tiny_dataset: Path, tmp_path: Path) -> Path:
 
 
 def _load(kind: str, folder: Path, bad: BadRecords) -> list[Any]:
-    from evisrag_core.rsgrpo.rollout import load_rl_prompts
-    from evisrag_core.sft.train import load_conversations
+    from evisrag_core.data.schema import load_conversations, load_rl_prompts
 
     if kind == "test":
         return load_test_split(folder, bad)

@@ -22,19 +22,18 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from evisrag_core.data.hub import (
-    HUB_TEST_SETS,
-    HUB_TRAIN_MIRROR,
+from evisrag_core.data.hub import download_from_hub, import_local
+from evisrag_core.data.schema import (
     IMAGE_PLACEHOLDER,
+    MANIFEST_FILE,
+    RL_FILE,
     RL_VAL_FILE,
-    HubUnavailableError,
-    download_from_hub,
-    hub_test_repo,
-    import_local,
-    snapshot,
-    verify_split,
+    SFT_FILE,
+    TEST_FILE,
+    load_test_split,
 )
-from evisrag_core.data.schema import MANIFEST_FILE, RL_FILE, SFT_FILE, TEST_FILE, load_test_split
+from evisrag_core.data.snapshot import HUB_TEST_SETS, HUB_TRAIN_MIRROR, HubUnavailableError, hub_test_repo, snapshot
+from evisrag_core.data.verify import verify_split
 from evisrag_core.io import BadRecordError, read_jsonl
 
 COLOURS = {
@@ -444,7 +443,7 @@ def test_snapshot_reports_an_unreachable_hub_quickly(
 def test_snapshot_retries_connection_errors_with_backoff(
     closed_port_hub: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level("WARNING", logger="evisrag_core.data.hub")
+    caplog.set_level("WARNING", logger="evisrag_core.data.snapshot")
     with pytest.raises(HubUnavailableError, match=r"after 3 attempt\(s\)"):
         snapshot(hub_test_repo("DocVQA"), tmp_path / "cache", tries=3, backoff_s=0.01)
     retries = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]

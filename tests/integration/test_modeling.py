@@ -24,7 +24,7 @@ from evisrag_core.modeling import (
     load_model_and_processor,
     prompt_line_tokens,
 )
-from evisrag_core.predict import Request, Sampling, TransformersBackend
+from evisrag_core.predict import Decoding, Request, TransformersBackend
 from evisrag_core.prompts import PROMPT_TEMPLATES, build_messages, evidence_prompt
 
 TOKENS_PER_IMAGE = (112 // 14) ** 2 // (2 * 2)  # 8×8 patches of 14 px, merged 2×2 → 16
@@ -102,7 +102,7 @@ def test_processor_expands_each_image_into_16_pad_tokens(tiny_model: tuple[Any, 
 
 def test_generation_with_three_images_returns_only_the_new_text(tiny_model: tuple[Any, Any], tmp_path: Path) -> None:
     model, processor = tiny_model
-    backend = TransformersBackend(model, processor, Sampling(0.0, 1.0, 1.05, 8), "model_card", TINY_PIXELS)
+    backend = TransformersBackend(model, processor, Decoding(0.0, 1.0, 1.05, 8), "model_card", TINY_PIXELS)
     request = Request("q1", "What colour is the square on the red background?", three_images(tmp_path), [])
     texts = backend.generate([request])
     assert len(texts) == 1 and isinstance(texts[0], str)

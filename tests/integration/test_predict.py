@@ -23,15 +23,15 @@ from evisrag_core.data.schema import load_test_split
 from evisrag_core.io import BadRecordError, read_jsonl
 from evisrag_core.predict import (
     Backend,
+    Decoding,
     Request,
-    Sampling,
     TransformersBackend,
     VllmBackend,
     build_requests,
     predict_split,
 )
 
-GREEDY = Sampling(temperature=0.0, top_p=1.0, repetition_penalty=1.05, max_new_tokens=6)
+GREEDY = Decoding(temperature=0.0, top_p=1.0, repetition_penalty=1.05, max_new_tokens=6)
 
 
 class CountingBackend:

@@ -22,7 +22,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def sample(tiny_dataset: Path, tiny_model: tuple):
-    from evisrag_core.sft.train import SFTCollator, load_conversations
+    from evisrag_core.data.schema import load_conversations
+    from evisrag_core.sft.data import SFTCollator
 
     _, processor = tiny_model
     conversations = load_conversations(tiny_dataset / "train" / SFT_FILE)
@@ -67,8 +68,8 @@ def test_padding_is_masked_and_shorter_rows_keep_their_labels(sample):
 
 
 def test_placeholder_count_must_match_images(tmp_path: Path):
+    from evisrag_core.data.schema import parse_sft_record
     from evisrag_core.io import BadRecordError
-    from evisrag_core.sft.train import parse_sft_record
 
     (tmp_path / "a.png").write_bytes(b"")
     row = {
@@ -88,7 +89,7 @@ def _paper(**overrides) -> SFTParams:
 
 def test_paper_profile_dry_run_builds_the_released_run(monkeypatch):
     monkeypatch.chdir(REPO_ROOT)
-    cfg = _paper(learning_rate=1.0, deepspeed=None)  # the profile wins over params.yaml values
+    cfg = _paper(deepspeed=None)  # a key at its default value is no choice: the profile applies (config/profiles.py)
     for key, value in PAPER_SFT.items():
         assert getattr(cfg, key) == value
     plan = plan_sft(cfg, seed=0, n_examples=40_000)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from evisrag_core.data import fetch
-from evisrag_core.data.hub import HubUnavailableError, _hub_failure, hub_test_repo, snapshot
+from evisrag_core.data.snapshot import HubUnavailableError, _hub_failure, hub_test_repo, snapshot
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from evisrag_core.data.convert import convert_test_set
 from evisrag_core.data.generator import GeneratorSpec, generate_dataset
-from evisrag_core.data.hub import convert_test_set
 from evisrag_core.data.schema import load_test_split
 from evisrag_core.evaluate import evaluate_dir, evaluate_split
 from evisrag_core.grounding import (

@@ -1,0 +1,109 @@
+"""SFT examples as model inputs: a Conversation (data.schema) → token ids, image inputs and labels, padded into a batch.
+
+Label masking: a conversation is rendered twice with the Qwen2-VL chat template, the prompt alone (ending in
+`<|im_start|>assistant\\n`) and the prompt plus the assistant turn. Images expand identically in both, so the
+prompt's token count marks where the answer starts. Labels are the answer tokens and the closing `<|im_end|>`
+(the model must learn to stop); the system/user turns, every image token, the template's trailing newline and
+padding are -100.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from evisrag_core.data.schema import Conversation
+from evisrag_core.images import vision_inputs
+from evisrag_core.io import BadRecordError
+from evisrag_core.prompts import build_messages
+
+IGNORE_INDEX = -100
+
+
+def conversation_messages(example: Conversation, min_pixels: int, max_pixels: int) -> list[dict[str, Any]]:
+    """The user turn exactly as prediction builds it (text, then images in order), plus the assistant answer."""
+    user = build_messages("", example.images, min_pixels=min_pixels, max_pixels=max_pixels)
+    user[0]["content"][0]["text"] = example.user_text
+    return [*user, {"role": "assistant", "content": [{"type": "text", "text": example.response}]}]
+
+
+class SFTCollator:
+    """Conversations → a padded batch with `labels` on assistant tokens only (see the module docstring)."""
+
+    def __init__(self, processor: Any, min_pixels: int, max_pixels: int, cutoff_len: int):
+        self.processor, self.min_pixels, self.max_pixels, self.cutoff_len = (
+            processor,
+            min_pixels,
+            max_pixels,
+            cutoff_len,
+        )
+        self.pad_id = processor.tokenizer.pad_token_id
+        self.end_id = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+    def _encode(self, example: Conversation) -> dict[str, Any]:
+        messages = conversation_messages(example, self.min_pixels, self.max_pixels)
+        prompt = self.processor.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
+        full = self.processor.apply_chat_template(messages, tokenize=False)
+        if not full.startswith(prompt):
+            raise ValueError(f"{example.id}: the chat template renders the prompt differently inside the conversation")
+        images = vision_inputs(messages[:1])
+        encoded = self.processor(text=[full], images=images or None, return_tensors="pt")
+        input_ids = encoded["input_ids"][0]
+        prompt_len = self._prompt_length(prompt, encoded, input_ids, example.id)
+        labels = torch.full_like(input_ids, IGNORE_INDEX)
+        labels[prompt_len:] = input_ids[prompt_len:]
+        # Train on the answer and its <|im_end|>; the template's trailing newline after <|im_end|> is not a target.
+        ends = (input_ids == self.end_id).nonzero().flatten()
+        last_end = int(ends[-1]) if len(ends) else len(input_ids) - 1
+        labels[last_end + 1 :] = IGNORE_INDEX
+        if len(input_ids) > self.cutoff_len:
+            raise BadRecordError(
+                f"{example.id}: {len(input_ids)} tokens exceed sft.cutoff_len={self.cutoff_len}; raise it or shrink "
+                "the images (sft.image_max_pixels)"
+            )
+        return {"input_ids": input_ids, "labels": labels, **{k: v for k, v in encoded.items() if k != "input_ids"}}
+
+    def _prompt_length(self, prompt: str, encoded: Any, input_ids: torch.Tensor, example_id: str) -> int:
+        """Tokens of the prompt inside the full encoding, without processing the images a second time: the prompt
+        text's tokens, plus the extra `<|image_pad|>` tokens each image expands to (one per merged patch)."""
+        text_ids = self.processor.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        expansion = 0
+        if "image_grid_thw" in encoded:
+            merge = self.processor.image_processor.merge_size
+            expansion = int((encoded["image_grid_thw"].prod(dim=-1) // merge**2 - 1).sum())
+        length = len(text_ids) + expansion
+        if length > len(input_ids) or int(input_ids[length - 1]) != text_ids[-1]:
+            raise ValueError(f"{example_id}: the prompt does not tokenize as a prefix of the conversation")
+        return length
+
+    def __call__(self, examples: Sequence[Conversation]) -> dict[str, torch.Tensor]:
+        items = [self._encode(e) for e in examples]
+        width = max(len(item["input_ids"]) for item in items)
+        batch = {
+            "input_ids": torch.full((len(items), width), self.pad_id, dtype=torch.long),
+            "labels": torch.full((len(items), width), IGNORE_INDEX, dtype=torch.long),
+            "attention_mask": torch.zeros((len(items), width), dtype=torch.long),
+        }
+        extra_seq = [
+            k for k in items[0] if k not in ("input_ids", "labels", "attention_mask") and _per_token(items[0], k)
+        ]
+        for k in extra_seq:
+            batch[k] = torch.zeros((len(items), width), dtype=items[0][k].dtype)
+        for row, item in enumerate(items):
+            n = len(item["input_ids"])
+            batch["input_ids"][row, :n] = item["input_ids"]
+            batch["labels"][row, :n] = item["labels"]
+            batch["attention_mask"][row, :n] = 1
+            for k in extra_seq:
+                batch[k][row, :n] = item[k][0]
+        if "pixel_values" in items[0]:
+            batch["pixel_values"] = torch.cat([item["pixel_values"] for item in items])
+            batch["image_grid_thw"] = torch.cat([item["image_grid_thw"] for item in items])
+        return batch
+
+
+def _per_token(item: dict[str, Any], key: str) -> bool:
+    value = item[key]
+    return isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape[1] == len(item["input_ids"])
