@@ -15,6 +15,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from evisrag_core.data import sources
 from evisrag_core.data.image_store import ImageResolver, image_table
 from evisrag_core.data.schema import (
     IMAGE_PLACEHOLDER,
@@ -23,17 +24,6 @@ from evisrag_core.data.schema import (
     SFT_FILE,
     check_rl_record,
     check_sft_record,
-)
-from evisrag_core.data.sources import (
-    RECORD_SUFFIXES,
-    RL_KEYS,
-    SFT_KEYS,
-    base_folder,
-    extra_fields,
-    record_columns,
-    require_unique,
-    snapshot_files,
-    source_rows,
 )
 from evisrag_core.io import BadRecordError, write_jsonl_atomic
 
@@ -75,7 +65,7 @@ class _SftColumns:
 def _dataset_info(snapshot_dir: Path) -> dict[Path, _SftColumns]:
     """Record files named by LLaMA-Factory `dataset_info.json` files, with their column mapping."""
     mapping: dict[Path, _SftColumns] = {}
-    for info in snapshot_files(snapshot_dir, {".json"}):
+    for info in sources.snapshot_files(snapshot_dir, {".json"}):
         if info.name != "dataset_info.json":
             continue
         entries = json.loads(info.read_text(encoding="utf-8"))
@@ -84,7 +74,7 @@ def _dataset_info(snapshot_dir: Path) -> dict[Path, _SftColumns]:
             if "file_name" not in entry or not target.exists():
                 logger.warning("%s: dataset %r names no file present in the snapshot; skipped", info, name)
                 continue
-            files = snapshot_files(target, RECORD_SUFFIXES) if target.is_dir() else [target]
+            files = sources.snapshot_files(target, sources.RECORD_SUFFIXES) if target.is_dir() else [target]
             mapping.update({f: _SftColumns.from_entry(entry) for f in files})
     return mapping
 
@@ -97,13 +87,13 @@ def _train_files(snapshot_dir: Path) -> dict[str, list[tuple[Path, _SftColumns |
     """Record files of a train snapshot grouped by output file (sft.jsonl, rl.jsonl, rl_val.jsonl)."""
     sft = _dataset_info(snapshot_dir)
     groups: dict[str, list[tuple[Path, _SftColumns | None]]] = defaultdict(list)
-    for path in snapshot_files(snapshot_dir, RECORD_SUFFIXES):
+    for path in sources.snapshot_files(snapshot_dir, sources.RECORD_SUFFIXES):
         if path.name == "dataset_info.json" or (path.suffix == ".parquet" and image_table(path)):
             continue
-        keys = set() if path in sft else record_columns(path)
-        if path in sft or keys & SFT_KEYS:
+        keys = set() if path in sft else sources.record_columns(path)
+        if path in sft or keys & sources.SFT_KEYS:
             groups[SFT_FILE].append((path, sft.get(path, _SftColumns())))
-        elif keys >= RL_KEYS:
+        elif keys >= sources.RL_KEYS:
             groups[RL_VAL_FILE if _is_validation(path) else RL_FILE].append((path, None))
         else:
             logger.info("%s: not a training record file (fields %s); ignored", path, sorted(keys)[:8])
@@ -159,7 +149,7 @@ def _rl_record(row: dict[str, Any], record_id: str, images: list[str], where: st
         "prompt": row.get("prompt"),
         "image": images,
         "answer": answer,
-        **extra_fields(row, known),
+        **sources.extra_fields(row, known),
     }
     check_rl_record(record, where)
     return record
@@ -169,9 +159,9 @@ def _convert_train_file(
     path: Path, columns: _SftColumns | None, root: Path, resolver: ImageResolver
 ) -> tuple[list[dict[str, Any]], list[str]]:
     records, wheres = [], []
-    base = base_folder(path, root)
+    base = sources.base_folder(path, root)
     image_key = columns.images if columns else "image"
-    for index, (where, row) in enumerate(tqdm(source_rows(path), desc=f"records {path.name}"), start=1):
+    for index, (where, row) in enumerate(tqdm(sources.source_rows(path), desc=f"records {path.name}"), start=1):
         record_id = str(row.get("id", f"{path.stem}-{index}"))
         entries = row.get(image_key, row.get("images" if image_key == "image" else "image"))
         images = resolver.resolve(entries, base, where)
@@ -200,7 +190,7 @@ def convert_train_set(snapshot_dir: Path, out_dir: Path) -> dict[str, int]:
             more, more_wheres = _convert_train_file(path, columns, snapshot_dir, resolver)
             records += more
             wheres += more_wheres
-        require_unique([r["id"] for r in records], wheres, "id")
+        sources.require_unique([r["id"] for r in records], wheres, "id")
         converted[file_name] = records
     resolver.finish()
     for file_name, records in converted.items():

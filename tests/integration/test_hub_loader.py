@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from evisrag_core.data.generator import COLOURS as GENERATED_COLOURS
 from evisrag_core.data.hub import download_from_hub, import_local
 from evisrag_core.data.schema import (
     IMAGE_PLACEHOLDER,
@@ -36,15 +37,7 @@ from evisrag_core.data.snapshot import HUB_TEST_SETS, HUB_TRAIN_MIRROR, HubUnava
 from evisrag_core.data.verify import verify_split
 from evisrag_core.io import BadRecordError, read_jsonl
 
-COLOURS = {
-    "red": (220, 40, 40),
-    "green": (40, 170, 60),
-    "blue": (40, 80, 220),
-    "yellow": (240, 215, 40),
-    "purple": (140, 50, 180),
-    "orange": (245, 135, 20),
-    "grey": (128, 128, 128),
-}
+COLOURS = {**GENERATED_COLOURS, "grey": (128, 128, 128)}  # the generator's page colours, and one more
 TAGGED = (
     "<observe>o</observe><evidence>[1]: {e} [2]: no relevant information</evidence><think>t</think><answer>{a}</answer>"
 )
