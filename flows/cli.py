@@ -1,6 +1,8 @@
 """`evisrag`: the command-line entry point. Stage commands run the stage's Prefect flow; `pipeline` runs them all.
 
-evisrag download | model | predict | evaluate     one stage (these are the commands dvc.yaml runs)
+evisrag download | model | sft | rsgrpo | predict | evaluate | report
+                                                  one stage, in pipeline order (the commands dvc.yaml runs)
+evisrag sft | rsgrpo --dry-run                    every hyper-parameter with its source, the plan, the launch command
 evisrag pipeline [--force] [STAGE ...]            dvc repro under one Prefect flow run and MLflow parent run
 evisrag serve                                     the pipeline as a Prefect deployment (schedule from params.serve)
 evisrag evaluate --data DIR --preds FILE --out F  score any prediction file (also the reference's) directly
@@ -14,6 +16,7 @@ evisrag plan [--gpus N --gpu-type T] [--json]      7B memory/throughput estimate
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -28,15 +31,8 @@ from evisrag_core.io import BadRecordError, DiskFullError
 
 def _stage_command(name: str):
     def run(args: argparse.Namespace) -> int:
-        from flows import stages
-
-        flow = {
-            "download": stages.download_flow,
-            "model": stages.model_flow,
-            "sft": stages.sft_flow,
-            "rsgrpo": stages.rsgrpo_flow,
-            "report": stages.report_flow,
-        }[name]
+        # `evisrag <stage>` runs flows/<stage>.py: tests/unit/test_dvc_deps.py starts each stage's imports there
+        flow = getattr(importlib.import_module(f"flows.{name}"), f"{name}_flow")
         flow(params_path=str(args.params))
         return 0
 
@@ -48,65 +44,52 @@ def launch_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def cmd_rsgrpo(args: argparse.Namespace) -> int:
-    """Like `cmd_sft`: under `torchrun` rank 0 runs the Prefect flow, the other ranks train beside it; `--dry-run`
-    checks the configuration (evisrag_core/rsgrpo/preflight.py) without loading a model."""
-    if not args.dry_run:
-        if launch_rank() > 0:
-            from tasks.rsgrpo import train_on_worker_rank
-
-            train_on_worker_rank(load_params(args.params))
-            return 0
-        return _stage_command("rsgrpo")(args)
-    from dataclasses import asdict
-
-    from evisrag_core.data.schema import RL_FILE
-    from evisrag_core.rsgrpo.preflight import PlanError, plan_rsgrpo
-
-    params = load_params(args.params)
-    rl_file = Path(params.data.out_dir) / "train" / RL_FILE
-    n_prompts = sum(1 for line in rl_file.open(encoding="utf-8") if line.strip()) if rl_file.is_file() else None
-    try:
-        plan = plan_rsgrpo(params.rsgrpo, params.seed, n_prompts, params.data.embedded.images_per_question)
-    except PlanError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps(asdict(plan), indent=2, default=str))
-    print(f"\nlaunch with:\n  {plan.launch_command}")
-    return 0
-
-
 def cmd_sft(args: argparse.Namespace) -> int:
-    """`torchrun --nproc_per_node=N -m flows.cli sft` is one stage run: rank 0 runs the Prefect flow with its MLflow
-    run, the other ranks train beside it as plain processes (a flow on every rank would start N ephemeral Prefect
-    servers on one database and log N MLflow runs)."""
-    if not args.dry_run:
-        if launch_rank() > 0:
-            from tasks.sft import train_on_worker_rank
+    return _training_stage(args, "sft")
 
-            train_on_worker_rank(load_params(args.params))
-            return 0
-        return _stage_command("sft")(args)
+
+def cmd_rsgrpo(args: argparse.Namespace) -> int:
+    return _training_stage(args, "rsgrpo")
+
+
+def _training_stage(args: argparse.Namespace, stage: str) -> int:
+    """`evisrag sft|rsgrpo`. `torchrun --nproc_per_node=N -m flows.cli <stage>` is one stage run: rank 0 runs the
+    Prefect flow with its MLflow run, the other ranks train beside it as plain processes (a flow on every rank would
+    start N ephemeral Prefect servers on one database and log N MLflow runs). `--dry-run` checks the configuration
+    (evisrag_core/<stage>/preflight.py) without loading a model."""
+    if args.dry_run:
+        return _dry_run(args, stage)
+    if launch_rank() > 0:
+        worker = importlib.import_module(f"tasks.{stage}").train_on_worker_rank
+        worker(load_params(args.params))
+        return 0
+    return _stage_command(stage)(args)
+
+
+def _dry_run(args: argparse.Namespace, stage: str) -> int:
+    """Print every effective hyper-parameter of `stage` with its source, the plan, and the launch command for the
+    params file given; exit 2 with the list of problems when the plan is inconsistent."""
     from dataclasses import asdict
 
-    from evisrag_core.data.schema import SFT_FILE
-    from evisrag_core.sft.preflight import PlanError, plan_sft
+    from evisrag_core.config import effective_table, parse_params, read_params_file, section_sources
+    from evisrag_core.sft.preflight import PlanError
 
-    params = load_params(args.params)
-    sft_file = Path(params.data.out_dir) / "train" / SFT_FILE
-    n_examples = sum(1 for line in sft_file.open(encoding="utf-8") if line.strip()) if sft_file.is_file() else None
+    raw = read_params_file(args.params)
+    params = parse_params(raw, str(args.params))
+    preflight = importlib.import_module(f"evisrag_core.{stage}.preflight")
     try:
-        plan = plan_sft(params.sft, params.seed, n_examples, params.data.embedded.images_per_question)
+        plan = preflight.plan_from_params(params, str(args.params))
     except PlanError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(json.dumps(asdict(plan), indent=2, default=str))
+    print(effective_table(stage, getattr(params, stage), section_sources(raw, stage), str(args.params)))
+    print(f"\nplan:\n{json.dumps(asdict(plan), indent=2, default=str)}")
     print(f"\nlaunch with:\n  {plan.launch_command}")
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from flows.stages import predict_flow
+    from flows.predict import predict_flow
 
     predict_flow(params_path=str(args.params), model_dir=args.model, data_dir=args.data, out_dir=args.out)
     return 0
@@ -115,7 +98,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.preds and Path(args.preds).is_file():
         return _evaluate_file(args)
-    from flows.stages import evaluate_flow
+    from flows.evaluate import evaluate_flow
 
     metrics = evaluate_flow(
         params_path=str(args.params), data_dir=args.data, preds_dir=args.preds, metrics_file=args.out
@@ -144,7 +127,7 @@ def _evaluate_file(args: argparse.Namespace) -> int:
 
 def cmd_answer(args: argparse.Namespace) -> int:
     from evisrag_core.modeling import load_model_and_processor
-    from evisrag_core.predict import Request, Sampling, TransformersBackend, set_cpu_threads
+    from evisrag_core.predict import Decoding, Request, TransformersBackend, set_cpu_threads
 
     params = load_params(args.params)
     cfg = params.predict
@@ -155,7 +138,7 @@ def cmd_answer(args: argparse.Namespace) -> int:
         raise SystemExit(f"{len(args.images)} images given; the model takes at most {cfg.max_images_per_prompt}")
     set_cpu_threads()
     model, processor = load_model_and_processor(args.model or cfg.model_dir, trust_remote_code=False)
-    sampling = Sampling(cfg.temperature, cfg.top_p, cfg.repetition_penalty, args.max_new_tokens or cfg.max_new_tokens)
+    sampling = Decoding(cfg.temperature, cfg.top_p, cfg.repetition_penalty, args.max_new_tokens or cfg.max_new_tokens)
     backend = TransformersBackend(model, processor, sampling, cfg.prompt_template, (cfg.min_pixels, cfg.max_pixels))
     images = [str(Path(p).resolve()) for p in args.images]
     print(backend.generate([Request("cli", args.query, images, list(args.images))])[0])

@@ -1,7 +1,7 @@
 """`evisrag plan`: will the paper's 7B SFT and RS-GRPO runs fit on N GPUs of a type? (estimates, no GPU needed)
 
 The arithmetic lives in evisrag_core/capacity/model.py and evisrag_core/capacity/plan.py; this module only wires the
-command's options to it. No Prefect flow: the command reads params.yaml and prints, nothing else.
+command's options to it. No Prefect flow: the command reads the params file (--params) and prints, nothing else.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def register_plan_command(sub: argparse._SubParsersAction) -> None:
         "--profile",
         choices=["paper", "params"],
         default="paper",
-        help="paper: the released SFT/RS-GRPO settings (default); params: params.yaml's sft/rsgrpo as they are",
+        help="paper: the released SFT/RS-GRPO settings (default); params: the params file's sft/rsgrpo as they are",
     )
     plan.add_argument("--mfu", type=float, default=_DEFAULTS["mfu"], help="model FLOPs utilisation assumed")
     plan.add_argument(

@@ -43,12 +43,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from evisrag_core.config import PATCH_PIXELS
+
 GIB = 2**30
 BF16 = 2  # bytes per bf16 element
 ADAM_STATE_BYTES = 12  # fp32 master weight + Adam m + Adam v, per trainable parameter
 LOGITS_BYTES = 14  # per (token, vocab) element: bf16 logits 2 + fp32 copy 4 + fp32 log-softmax 4 + fp32 grad 4
-PATCH_PIXELS = 14 * 14  # one ViT patch
-MERGED_PATCH_PIXELS = 28 * 28  # 2×2 merged patches = one image token of the language model
 DEFAULT_ARCH_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "models" / "qwen2_5_vl_7b.json"
 
 

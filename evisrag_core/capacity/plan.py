@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from evisrag_core.capacity import model as cap
-from evisrag_core.config import PAPER_RSGRPO, PAPER_SFT, RSGRPOParams, SFTParams
+from evisrag_core.config import MERGED_PATCH_PIXELS, PAPER_RSGRPO, PAPER_SFT, RSGRPOParams, SFTParams
 
 PAPER_GPUS = 8  # spec §5 and §6: both stages ran on 8 GPUs (the spec does not name the GPU type)
 TEXT_TOKENS = 1024  # prompt text + chat scaffolding + evidence response budget beside the image tokens (SFT)
@@ -33,7 +33,8 @@ class PlanRequest:
 
 
 def paper_profiles(sft: SFTParams, rsgrpo: RSGRPOParams) -> tuple[SFTParams, RSGRPOParams]:
-    """The given sections with the paper profile applied over them."""
+    """The given sections with every released value of the paper profile, even over keys the params file set:
+    `evisrag plan` sizes the paper's run itself (`--profile params` sizes the params file's run instead)."""
     return (
         SFTParams.model_validate({**sft.model_dump(), **PAPER_SFT, "profile": "paper"}),
         RSGRPOParams.model_validate({**rsgrpo.model_dump(), **PAPER_RSGRPO, "profile": "paper"}),
@@ -41,7 +42,7 @@ def paper_profiles(sft: SFTParams, rsgrpo: RSGRPOParams) -> tuple[SFTParams, RSG
 
 
 def image_tokens(images: int, max_pixels: int) -> int:
-    return images * max_pixels // cap.MERGED_PATCH_PIXELS
+    return images * max_pixels // MERGED_PATCH_PIXELS
 
 
 def _sft_rows(arch: cap.Architecture, gpu: cap.GPU, req: PlanRequest, sft: SFTParams) -> dict[str, Any]:

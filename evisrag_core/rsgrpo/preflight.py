@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evisrag_core.config import RSGRPOParams
+from evisrag_core.config import DEFAULT_PARAMS, MERGED_PATCH_PIXELS, Params, RSGRPOParams
+from evisrag_core.data.schema import RL_FILE
 from evisrag_core.rsgrpo.distributed import deepspeed_config
 from evisrag_core.rsgrpo.rollout import vllm_engine_args
-from evisrag_core.sft.preflight import PATCH_PIXELS, PlanError
+from evisrag_core.sft.preflight import PlanError, count_rows
 
-__all__ = ["PlanError", "RSGRPOPlan", "launch_command", "plan_rsgrpo"]
+__all__ = ["PlanError", "RSGRPOPlan", "launch_command", "plan_from_params", "plan_rsgrpo"]
 
 
 @dataclass
@@ -42,7 +43,7 @@ class RSGRPOPlan:
     notes: list[str] = field(default_factory=list)
 
 
-def launch_command(cfg: RSGRPOParams, params_file: str = "params.yaml") -> str:
+def launch_command(cfg: RSGRPOParams, params_file: str = str(DEFAULT_PARAMS)) -> str:
     if cfg.num_gpus == 1 and not cfg.deepspeed:
         return shlex.join(["evisrag", "--params", params_file, "rsgrpo"])
     return shlex.join(
@@ -132,7 +133,7 @@ def _check_lengths(cfg: RSGRPOParams, images: int, problems: list[str]) -> None:
             f"rsgrpo.max_new_tokens={cfg.max_new_tokens} > max_length={cfg.max_length}: the extra tokens can only "
             "earn overlong -1 (the reference generates at most max_length)"
         )
-    image_tokens = images * cfg.image_max_pixels // PATCH_PIXELS
+    image_tokens = images * cfg.image_max_pixels // MERGED_PATCH_PIXELS
     if image_tokens >= cfg.max_prompt_length:
         problems.append(
             f"{images} images at rsgrpo.image_max_pixels={cfg.image_max_pixels} take up to {image_tokens} tokens, "
@@ -164,11 +165,13 @@ def plan_rsgrpo(
     images_per_prompt: int = 3,
     separate_val_file: bool = False,
     produced_dirs: tuple[str, ...] = ("models/sft", "models/base"),
+    params_file: str = str(DEFAULT_PARAMS),
 ) -> RSGRPOPlan:
     """Check `cfg` and return what a launch would run; raises PlanError listing every problem found.
 
     n_prompts: rows of rl.jsonl (None when the data is not there yet); separate_val_file: rl_val.jsonl exists, so
-    validation prompts are not held out of rl.jsonl; produced_dirs: model folders earlier stages write."""
+    validation prompts are not held out of rl.jsonl; produced_dirs: model folders earlier stages write; params_file:
+    what the launch command passes as `--params`."""
     problems: list[str] = []
     per_rank, micro = _check_layout(cfg, problems)
     ds = _check_deepspeed(cfg, not problems, problems)
@@ -220,6 +223,13 @@ def plan_rsgrpo(
         deepspeed=ds,
         vllm_engine_args=vllm_engine_args(cfg.model_dir, cfg.max_prompt_length + cfg.max_new_tokens),
         sampling=sampling,
-        launch_command=launch_command(cfg),
+        launch_command=launch_command(cfg, params_file),
         notes=notes,
     )
+
+
+def plan_from_params(params: Params, params_file: str) -> RSGRPOPlan:
+    """`evisrag rsgrpo --dry-run`: the plan of params.rsgrpo against the dataset the download stage wrote, if any."""
+    n_prompts = count_rows(Path(params.data.out_dir) / "train" / RL_FILE)
+    images = params.data.embedded.images_per_question
+    return plan_rsgrpo(params.rsgrpo, params.seed, n_prompts, images, params_file=params_file)

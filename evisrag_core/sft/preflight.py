@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evisrag_core.config import SFTParams
+from evisrag_core.config import DEFAULT_PARAMS, MERGED_PATCH_PIXELS, Params, SFTParams
+from evisrag_core.data.schema import SFT_FILE
 
-PATCH_PIXELS = 28 * 28  # one merged 2×2 patch of 14-pixel patches = one image token
 MAX_IMAGES = 5
 
 
@@ -35,7 +35,7 @@ class SFTPlan:
     notes: list[str] = field(default_factory=list)
 
 
-def launch_command(cfg: SFTParams, params_file: str = "params.yaml") -> str:
+def launch_command(cfg: SFTParams, params_file: str = str(DEFAULT_PARAMS)) -> str:
     base = ["-m", "flows.cli", "--params", params_file, "sft"]
     if cfg.num_gpus == 1 and not cfg.deepspeed:
         return shlex.join(["evisrag", "--params", params_file, "sft"])
@@ -85,8 +85,15 @@ def _training_arguments(cfg: SFTParams, seed: int) -> dict[str, Any]:
     return built
 
 
-def plan_sft(cfg: SFTParams, seed: int, n_examples: int | None, images_per_example: int = 3) -> SFTPlan:
-    """Check `cfg` and return what a launch would run; raises PlanError listing every problem found."""
+def plan_sft(
+    cfg: SFTParams,
+    seed: int,
+    n_examples: int | None,
+    images_per_example: int = 3,
+    params_file: str = str(DEFAULT_PARAMS),
+) -> SFTPlan:
+    """Check `cfg` and return what a launch would run (with `--params params_file`); raises PlanError listing every
+    problem found."""
     problems: list[str] = []
     ds = _check_deepspeed(cfg, problems)
     global_batch = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * cfg.num_gpus
@@ -97,7 +104,7 @@ def plan_sft(cfg: SFTParams, seed: int, n_examples: int | None, images_per_examp
         steps = math.ceil(cfg.num_train_epochs * math.ceil(n_examples / global_batch))
     if steps is not None and cfg.warmup_steps >= steps:
         problems.append(f"sft.warmup_steps={cfg.warmup_steps} ≥ the {steps} optimiser steps: the lr never peaks")
-    image_tokens = images_per_example * cfg.image_max_pixels // PATCH_PIXELS
+    image_tokens = images_per_example * cfg.image_max_pixels // MERGED_PATCH_PIXELS
     if image_tokens >= cfg.cutoff_len:
         problems.append(
             f"{images_per_example} images at sft.image_max_pixels={cfg.image_max_pixels} take up to {image_tokens} "
@@ -115,4 +122,19 @@ def plan_sft(cfg: SFTParams, seed: int, n_examples: int | None, images_per_examp
     ]
     if ds is not None:
         notes.append(f"DeepSpeed ZeRO-{ds['zero_optimization']['stage']} from {cfg.deepspeed}")
-    return SFTPlan(cfg.num_gpus, global_batch, steps, ds, _training_arguments(cfg, seed), launch_command(cfg), notes)
+    launch = launch_command(cfg, params_file)
+    return SFTPlan(cfg.num_gpus, global_batch, steps, ds, _training_arguments(cfg, seed), launch, notes)
+
+
+def count_rows(path: Path) -> int | None:
+    """Non-blank lines of a JSONL file; None when the file is not there yet (the dry-run then skips its checks)."""
+    if not path.is_file():
+        return None
+    with path.open(encoding="utf-8") as handle:
+        return sum(1 for line in handle if line.strip())
+
+
+def plan_from_params(params: Params, params_file: str) -> SFTPlan:
+    """`evisrag sft --dry-run`: the plan of params.sft against the dataset the download stage wrote, if any."""
+    n_examples = count_rows(Path(params.data.out_dir) / "train" / SFT_FILE)
+    return plan_sft(params.sft, params.seed, n_examples, params.data.embedded.images_per_question, params_file)

@@ -14,7 +14,7 @@ from conftest import TINY_PIXELS, MakeTestSplit
 from PIL import Image
 
 from evisrag_core.config import PredictParams
-from evisrag_core.predict import Request, Sampling, TransformersBackend
+from evisrag_core.predict import Decoding, Request, TransformersBackend
 from flows.cli import main
 from flows.pipeline import stage_environment
 
@@ -106,7 +106,7 @@ def test_answer_prints_the_generation(
 
     model, processor = tiny_model
     cfg = PredictParams()
-    sampling = Sampling(cfg.temperature, cfg.top_p, cfg.repetition_penalty, 8)
+    sampling = Decoding(cfg.temperature, cfg.top_p, cfg.repetition_penalty, 8)
     backend = TransformersBackend(model, processor, sampling, cfg.prompt_template, TINY_PIXELS)
     expected = backend.generate([Request("cli", QUERY, pages, pages)])[0]
     assert code == 0
@@ -158,3 +158,31 @@ def test_pipeline_puts_its_own_scripts_first_on_the_stage_path(monkeypatch: pyte
     assert entries[0] == scripts
     assert entries.count(scripts) == 1
     assert entries[1:] == [e for e in path.format(scripts=scripts).split(os.pathsep) if e and e != scripts]
+
+
+@pytest.mark.parametrize(("text", "message"), [("", "is empty; copy the repository's params.yaml"), ("3\n", "mapping")])
+def test_an_empty_or_non_mapping_params_file_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, message: str
+) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text(text, encoding="utf-8")
+    assert main(["--params", str(path), "metrics"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}") and message in err
+
+
+def test_sft_dry_run_shows_each_value_with_its_source_and_launches_with_the_given_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])  # the profile's configs/deepspeed/zero3.json
+    params = write_params(
+        tmp_path / "exp.yaml",
+        {"data": {"out_dir": str(tmp_path / "no-data")}, "sft": {"profile": "paper", "max_steps": 700}},
+    )
+    assert main(["--params", str(params), "sft", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split()[1:] for line in out.split("\nplan:\n")[0].splitlines()[2:]}
+    assert rows["max_steps"] == ["700", "params", "file"]
+    assert rows["learning_rate"] == ["5.0e-07", "profile", "paper"]
+    assert rows["out_dir"] == ["models/sft", "default"]
+    assert out.rstrip().endswith(f"torchrun --nproc_per_node=8 -m flows.cli --params {params} sft")

@@ -30,15 +30,40 @@ def write_params(tmp_path: Path, raw: Any) -> Path:
     return path
 
 
-def test_defaults_load_without_a_file_body(tmp_path: Path) -> None:
+@pytest.mark.parametrize("text", ["", "# nothing but a comment\n", "{}\n"])
+def test_an_empty_params_file_is_refused_not_read_as_the_defaults(tmp_path: Path, text: str) -> None:
     empty = tmp_path / "params.yaml"
-    empty.write_text("", encoding="utf-8")
-    params = load_params(empty)
-    assert params == Params()
-    assert params.data.source == "embedded"
-    assert params.predict.top_k == 3
-    assert params.predict.prompt_template == "model_card"
-    assert params.predict.min_pixels <= params.predict.max_pixels
+    empty.write_text(text, encoding="utf-8")
+    with pytest.raises(ParamsError, match=r"params\.yaml is empty; copy the repository's params\.yaml"):
+        load_params(empty)
+
+
+def test_a_params_file_that_is_not_yaml_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("predict: [1\n", encoding="utf-8")
+    with pytest.raises(ParamsError, match=r"(?s)params\.yaml is not valid YAML: .*line 1"):
+        load_params(path)
+
+
+def _leaves(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Every key of a nested mapping as a dotted path, except inside free-form mappings (tracking.tags)."""
+    leaves: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and f"{prefix}{key}" != "tracking.tags":
+            leaves.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            leaves[f"{prefix}{key}"] = value
+    return leaves
+
+
+def test_params_yaml_lists_every_key_with_the_code_default() -> None:
+    """One source of truth: a reader of params.yaml sees the values the code would use without it."""
+    in_file = _leaves(yaml.safe_load((REPO_ROOT / "params.yaml").read_text(encoding="utf-8")))
+    in_code = _leaves(Params().model_dump())
+    assert sorted(in_file) == sorted(in_code)
+    differing = {key: (in_file[key], in_code[key]) for key in in_code if in_file[key] != in_code[key]}
+    assert differing == {}, "params.yaml value, code default"
+    assert load_params(REPO_ROOT / "params.yaml") == Params()
 
 
 def test_repository_params_yaml_validates() -> None:

@@ -71,6 +71,11 @@ def test_the_default_profile_runs_in_one_process() -> None:
     assert plan.launch_command == "evisrag --params params.yaml rsgrpo"
 
 
+def test_the_code_defaults_alone_pass_their_own_dry_run() -> None:
+    plan = plan_rsgrpo(RSGRPOParams(), seed=0, n_prompts=400, params_file="exp/a.yaml")
+    assert plan.steps == 60 and plan.launch_command == "evisrag --params exp/a.yaml rsgrpo"
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -118,23 +123,42 @@ def test_kl_with_the_sft_models_folder_as_reference_is_accepted() -> None:
     assert plan_rsgrpo(paper(kl_coef=0.01), seed=0, n_prompts=1000).steps == STEPS_1000  # models/sft: sft writes it
 
 
-def test_the_cli_dry_run_prints_the_plan_and_exits_2_on_problems(tmp_path: Path) -> None:
-    raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    raw["rsgrpo"]["profile"] = "paper"
-    raw["data"]["out_dir"] = str(tmp_path / "no-data")
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump(raw))
+def _dry_run(params: Path) -> subprocess.CompletedProcess[str]:
     cli = [sys.executable, "-m", "flows.cli", "--params", str(params), "rsgrpo", "--dry-run"]
-    done = subprocess.run(cli, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    return subprocess.run(cli, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_the_cli_dry_run_prints_every_value_with_its_source_the_plan_and_exits_2_on_problems(tmp_path: Path) -> None:
+    raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    raw["rsgrpo"].update(profile="paper", learning_rate=2.0e-6)  # the case: the explicit key wins
+    raw["data"]["out_dir"] = str(tmp_path / "no-data")
+    params = tmp_path / "exp.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    done = _dry_run(params)
     assert done.returncode == 0, done.stderr[-2000:]
-    printed = json.loads(done.stdout[: done.stdout.index("\nlaunch with:")])
+    table, rest = done.stdout.split("\nplan:\n")
+    rows = {line.split()[0]: line.split()[1:] for line in table.splitlines()[2:]}
+    assert set(rows) == set(RSGRPOParams.model_fields)
+    assert rows["learning_rate"] == ["2.0e-06", "params", "file"]
+    assert rows["rollout_batch_size"] == ["32", "profile", "paper"]
+    assert rows["val_size"] == ["64", "default"]
+    printed = json.loads(rest[: rest.index("\nlaunch with:")])
     assert printed["world_size"] == 8 and printed["deepspeed"]["zero_optimization"]["stage"] == 2
     assert printed["steps"] is None  # 16 epochs, but no rl.jsonl yet
-    assert "torchrun --nproc_per_node=8 -m flows.cli --params params.yaml rsgrpo" in done.stdout
+    assert f"torchrun --nproc_per_node=8 -m flows.cli --params {params} rsgrpo" in done.stdout  # the file given
 
     # The default profile on 2 ranks with 3 prompt groups per step: they cannot be shared evenly.
     raw["rsgrpo"].update(profile="default", num_gpus=2, deepspeed=ZERO2, rollout_seeding="group", rollout_batch_size=3)
     params.write_text(yaml.safe_dump(raw))
-    done = subprocess.run(cli, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    done = _dry_run(params)
     assert done.returncode == 2 and not done.stdout
     assert "rollout_batch_size=3 is not divisible by rsgrpo.num_gpus=2" in done.stderr
+
+
+@pytest.mark.parametrize(("text", "message"), [("", "is empty"), ("[1, 2]\n", "expected a mapping")])
+def test_the_cli_dry_run_refuses_an_empty_or_non_mapping_params_file(tmp_path: Path, text: str, message: str) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text(text)
+    done = _dry_run(params)
+    assert done.returncode == 2 and not done.stdout
+    assert done.stderr.startswith(f"error: {params}") and message in done.stderr and "Traceback" not in done.stderr

@@ -1,0 +1,169 @@
+"""The two training sections, `sft` and `rsgrpo`: the only ones a profile (configs/profiles/) can overlay.
+
+Their code defaults are the values of the repository's params.yaml (tests/unit/test_config.py compares every key),
+so `SFTParams()` and `RSGRPOParams()` are the default pipeline's settings and pass their own dry-runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from evisrag_core.config.base import ImagePixels, OnBadRecord, PromptTemplate, Section, check_pixel_range
+from evisrag_core.config.profiles import NO_PROFILE, apply_profile, check_profile_name
+
+Precision = Literal["auto", "on", "off"]  # bf16: auto uses it where the hardware has it (fp32 on CPU)
+
+
+class ProfiledSection(Section):
+    """A section whose `profile` key names an overlay; the rule (your keys win) is in config/profiles.py."""
+
+    section_name: ClassVar[str]
+    profile: str = Field(NO_PROFILE, min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_profile(cls, values: Any) -> Any:
+        return apply_profile(cls, values, cls.section_name) if isinstance(values, dict) else values
+
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, name: str) -> str:
+        return check_profile_name(name, cls.section_name)
+
+
+class SFTParams(ProfiledSection):
+    """Stage 1: supervised fine-tuning on the evidence conversations (spec §6).
+
+    `profile: paper` applies the released hyper-parameters (8 GPUs, ZeRO-3; configs/profiles/paper.yaml) under the
+    keys you set, so one switch (`dvc exp run -S sft.profile=paper`) selects the paper's run; `evisrag sft --dry-run`
+    checks it and shows where each value comes from.
+    """
+
+    section_name: ClassVar[str] = "sft"
+    model_dir: str = "models/base"
+    out_dir: str = "models/sft"
+    checkpoint_dir: str = "work/sft"
+    log_file: str = "plots/sft_loss.json"  # a JSON array: the format DVC plots read
+    learning_rate: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    num_train_epochs: float = Field(1.0, gt=0.0)
+    max_steps: int = Field(900, ge=-1)  # -1: run num_train_epochs
+    # stop after this many optimizer steps, the learning-rate schedule still that of the whole run: a deliberately
+    # under-trained model (the RS-GRPO-from-weak-SFT ablation, README); null: train to the end
+    stop_at_step: int | None = Field(None, ge=1)
+    per_device_train_batch_size: int = Field(8, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    warmup_steps: int = Field(20, ge=0)
+    lr_scheduler_type: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    freeze_vision_tower: bool = False  # the tiny model's vision tower is random: it must learn colours (paper: true)
+    bf16: Precision = "auto"
+    gradient_checkpointing: bool = False
+    cutoff_len: int = Field(4096, ge=64)
+    image_min_pixels: ImagePixels = 3136
+    image_max_pixels: ImagePixels = 12544
+    save_steps: int = Field(50, ge=1)
+    save_total_limit: int = Field(2, ge=1)
+    logging_steps: int = Field(10, ge=1)
+    deepspeed: str | None = None  # path to a DeepSpeed JSON config (configs/deepspeed/zero3.json for the paper)
+    num_gpus: int = Field(1, ge=1)  # for the launch command and the global-batch check of the dry-run
+    prompt_template: PromptTemplate = "model_card"
+    on_bad_record: OnBadRecord = "error"  # error | skip: leave bad sft.jsonl records out, counted (sft.skipped_records)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SFTParams:
+        check_pixel_range("sft", "image_", self.image_min_pixels, self.image_max_pixels)
+        if self.stop_at_step is not None and 0 < self.max_steps < self.stop_at_step:
+            raise ValueError(
+                f"sft.stop_at_step ({self.stop_at_step}) is past the end of training (sft.max_steps {self.max_steps}); "
+                "lower it or set it to null"
+            )
+        return self
+
+
+class RSGRPOParams(ProfiledSection):
+    """Stage 2: reward-scoped GRPO from the SFT model (spec §4, §5); read by evisrag_core.rsgrpo.train.
+
+    `mode: grpo` is the plain-GRPO ablation: one scalar reward (`overall`) whose advantage covers the whole response.
+    `profile: paper` applies the released values (8 GPUs in the reference; configs/profiles/paper.yaml) under the
+    keys you set.
+    """
+
+    section_name: ClassVar[str] = "rsgrpo"
+    model_dir: str = "models/sft"
+    out_dir: str = "models/rsgrpo"
+    checkpoint_dir: str = "work/rsgrpo"
+    log_file: str = "plots/rsgrpo.json"  # one row per step: rewards, filtering, clipping, loss (DVC plot)
+    val_log_file: str = "plots/rsgrpo_val.json"  # one row per validation: held-out rewards, answer accuracy
+    val_sampled_log_file: str = "plots/rsgrpo_val_sampled.json"  # the same at the rollout temperature (val_sampled_n)
+    report_dir: str = "reports/rsgrpo"
+    mode: Literal["rsgrpo", "grpo"] = "rsgrpo"
+    steps: int = Field(60, ge=1)  # optimizer steps; ignored when `epochs` is set
+    epochs: float | None = Field(None, gt=0.0)  # steps = ceil(epochs · train prompts / rollout_batch_size)
+    rollout_batch_size: int = Field(16, ge=1)  # prompt groups per step (after filtering)
+    n: int = Field(8, ge=2)  # rollouts per prompt; the group std needs at least 2
+    temperature: float = Field(1.0, gt=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(160, ge=1)
+    max_prompt_length: int = Field(15000, ge=1)  # longer prompts (text + image tokens) are an error
+    micro_batch_size: int = Field(0, ge=0)  # responses per forward/backward; 0: the whole rollout batch at once
+    rollout_backend: Literal["transformers", "vllm"] = "transformers"
+    # transformers backend: shared_prefix (one prefill per prompt, rsgrpo/fast_decode.py) | generate (n copies)
+    rollout_decoder: Literal["shared_prefix", "generate"] = "shared_prefix"
+    learning_rate: float = Field(5e-5, gt=0.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    clip_low: float = Field(0.2, ge=0.0, lt=1.0)
+    clip_high: float = Field(0.28, ge=0.0)
+    dual_clip: float = Field(3.0, gt=1.0)
+    kl_coef: float = Field(0.0, ge=0.0)  # 0: no reference model, no KL term (the released setting)
+    filter_low: float = 0.01
+    filter_high: float = 6.9
+    online_filtering: bool = True
+    max_filter_tries: int = Field(20, ge=1)
+    freeze_vision_tower: bool = True
+    gradient_checkpointing: bool = False
+    bf16: Precision = "auto"
+    # overlong reward: L > max_length → -1, a soft penalty over the last buffer_length tokens before it, L < min_length
+    # → -1. The embedded responses are ~100 tokens, so the paper's 1536 / 512 / 200 would make it a constant -1 here.
+    max_length: int = Field(160, ge=1)
+    buffer_length: int = Field(32, ge=1)
+    min_length: int = Field(50, ge=0)
+    val_every: int = Field(10, ge=0)  # 0: no validation
+    val_size: int = Field(64, ge=0)  # prompts of train/rl_val.jsonl, or held out of rl.jsonl when it is absent
+    val_temperature: float = Field(0.1, gt=0.0)
+    val_top_p: float = Field(0.95, gt=0.0, le=1.0)
+    # also sample each held-out prompt this many times at the rollout temperature/top_p (val_sampled/* metrics)
+    val_sampled_n: int = Field(4, ge=0)  # 0: off (the reference validates only at val_temperature)
+    save_every: int = Field(10, ge=1)
+    save_total_limit: int = Field(2, ge=1)
+    report_every: int = Field(10, ge=0)  # 0: no HTML report
+    report_rollouts: int = Field(4, ge=1)
+    image_min_pixels: ImagePixels = 3136
+    image_max_pixels: ImagePixels = 12544
+    prompt_template: PromptTemplate = "model_card"
+    on_bad_record: OnBadRecord = "error"  # error | skip: leave bad rl.jsonl records out, counted (skipped_records)
+    # token_ids: tags found by their bare token ids, as the reference (a tag merged into a neighbouring token is
+    # missed and its span falls back to start/end); char_offsets: found in the decoded text (rsgrpo/spans.py)
+    span_locator: Literal["token_ids", "char_offsets"] = "token_ids"
+    # batch: one sampling stream per rollout batch; group: each prompt's n rollouts seeded by (seed, its draw index),
+    # so rollouts do not depend on how groups are batched or split over ranks (needed with `deepspeed`)
+    rollout_seeding: Literal["batch", "group"] = "batch"
+    deepspeed: str | None = None  # a DeepSpeed JSON (ZeRO-2); used under torchrun with WORLD_SIZE > 1
+    num_gpus: int = Field(1, ge=1)  # ranks of a launch: the launch command and the checks of `rsgrpo --dry-run`
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RSGRPOParams:
+        check_pixel_range("rsgrpo", "image_", self.image_min_pixels, self.image_max_pixels)
+        if self.filter_low >= self.filter_high:
+            raise ValueError("rsgrpo.filter_low must be below rsgrpo.filter_high (no group could be kept)")
+        if self.buffer_length > self.max_length:
+            raise ValueError("rsgrpo.buffer_length must not exceed rsgrpo.max_length")
+        if self.deepspeed and self.rollout_seeding != "group":
+            raise ValueError(
+                "rsgrpo.deepspeed needs rsgrpo.rollout_seeding: group (each rank samples its share of the groups; "
+                "per-group seeds make the rollouts independent of that split)"
+            )
+        return self
