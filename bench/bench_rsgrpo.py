@@ -93,9 +93,10 @@ def rl_config(model_dir: Path, run_dir: Path, n: int, prompts: int, max_new_toke
 
 def ours_steps(cfg: RSGRPOParams, rl_file: Path, seed: int, warmup: int, steps: int) -> list[dict[str, float]]:
     """Run warmup + steps RS-GRPO steps; per timed step: wall/CPU seconds, rollout/update split, response length."""
-    from evisrag_core.rsgrpo import train as loop
+    from evisrag_core.rsgrpo import step as loop
+    from evisrag_core.rsgrpo.train import build_run
 
-    run = loop.build_run(cfg, rl_file, seed)
+    run = build_run(cfg, rl_file, seed)
     timed = []
     for step in range(warmup + steps):
         t0, c0 = time.perf_counter(), time.process_time()

@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_rsgrpo_quality.py --project . [--models models/sft models/rsgrpo] [--samples 16]
 
 Issue 4's bar: the mean overall reward on held-out prompts is higher after RS-GRPO than after SFT. The held-out
-prompts are those the `rsgrpo` stage validates on (`rsgrpo_loop.split_prompts`: val_size prompts of the project's
+prompts are those the `rsgrpo` stage validates on (`prompt_stream.split_prompts`: val_size prompts of the project's
 RL data). Each model answers every prompt `--samples` times at the rollout temperature/top_p of params.yaml, and
 once at the validation temperature (near-greedy, as the reference validates).
 
@@ -31,11 +31,15 @@ from evisrag_core.config import ParamsError, RSGRPOParams, load_params
 from evisrag_core.data.schema import RL_FILE
 from evisrag_core.io import write_json_atomic
 from evisrag_core.modeling import load_model_and_processor
+from evisrag_core.rsgrpo.prompt_stream import split_prompts
 from evisrag_core.rsgrpo.rollout import RLPrompt, Sampling, TransformersRollout
-from evisrag_core.rsgrpo.train import REWARD_KEYS, answer_accuracies, group_rewards, prompt_encoder, split_prompts
+from evisrag_core.rsgrpo.state import REWARD_KEYS
+from evisrag_core.rsgrpo.step import group_rewards
+from evisrag_core.rsgrpo.train import prompt_encoder
+from evisrag_core.rsgrpo.validate import answer_accuracies
 
 log = logging.getLogger("bench_rsgrpo_quality")
-KEYS = (*REWARD_KEYS, "answer_accuracy")  # the columns of group_rewards, then the answer accuracy
+KEYS = (*REWARD_KEYS, "answer_accuracy")  # the rewards group_rewards holds, then the answer accuracy
 
 
 def prompt_seed(seed: int, index: int) -> int:
@@ -55,8 +59,7 @@ def per_prompt_means(
     rows = []
     for index, prompt in enumerate(prompts):
         (group,) = rollout.generate([prompt], sampling, seeds=[prompt_seed(seed, index)])
-        rewards = group_rewards(group, cfg)  # (n, 7), columns REWARD_KEYS
-        row = {key: float(rewards[:, c].mean()) for c, key in enumerate(REWARD_KEYS)}
+        row = group_rewards(group, cfg).means()  # {key: mean over the n responses} for every key of REWARD_KEYS
         rows.append(row | {"answer_accuracy": statistics.fmean(answer_accuracies(group))})
     return rows
 

@@ -19,15 +19,15 @@ from pathlib import Path
 import yaml
 
 from evisrag_core.config import parse_params
-from evisrag_core.data.hub import RL_VAL_FILE
-from evisrag_core.data.schema import RL_FILE
+from evisrag_core.data.schema import RL_FILE, RL_VAL_FILE
 from evisrag_core.rsgrpo import train as rsgrpo_loop
+from evisrag_core.rsgrpo.prompt_stream import split_prompts
 
 
 def fixed_split(rl_file: Path, val_size: int, split_seed: int, folder: Path) -> Path:
     """An rl.jsonl of the training prompts of `split_seed`'s split, beside an rl_val.jsonl of its held-out ones, so
     a run with another seed validates on the same prompts (split_prompts reads rl_val.jsonl when it exists)."""
-    train, val = rsgrpo_loop.split_prompts(rl_file, val_size, split_seed)
+    train, val = split_prompts(rl_file, val_size, split_seed)
     rows = [line for line in rl_file.read_text().splitlines() if line.strip()]
     by_id = {json.loads(line)["id"]: line for line in rows}
     folder.mkdir(parents=True, exist_ok=True)

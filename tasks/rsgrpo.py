@@ -11,23 +11,25 @@ from prefect import get_run_logger, task
 from evisrag_core.config import Params
 from evisrag_core.data.schema import RL_FILE
 from evisrag_core.io import StepLog
-from evisrag_core.rsgrpo import train as rsgrpo_loop
+from evisrag_core.rsgrpo.checkpoint import load_checkpoint_state, resumable_checkpoint
+from evisrag_core.rsgrpo.state import REWARD_KEYS
+from evisrag_core.rsgrpo.train import train_rsgrpo
 from tasks import TASK_DEFAULTS
 
 # the rows of the DVC plot (dvc.yaml: rsgrpo's plots y) hold every step's reward means
-PLOTTED = tuple(f"reward/{key}" for key in rsgrpo_loop.REWARD_KEYS)
+PLOTTED = tuple(f"reward/{key}" for key in REWARD_KEYS)
 
 
 def _resume_step(params: Params) -> int:
     rl_file = Path(params.data.out_dir) / "train" / RL_FILE
-    found = rsgrpo_loop.resumable_checkpoint(params.rsgrpo, rl_file, params.seed)
-    return int(rsgrpo_loop.load_checkpoint_state(found)["step"]) if found else 0
+    found = resumable_checkpoint(params.rsgrpo, rl_file, params.seed)
+    return int(load_checkpoint_state(found)["step"]) if found else 0
 
 
 def train_on_worker_rank(params: Params) -> dict[str, Any]:
     """Ranks > 0 of `torchrun … -m flows.cli rsgrpo` (rsgrpo.deepspeed set): the same training as rank 0's task,
     outside Prefect and MLflow. Rank 0 alone logs metrics and writes the plots file, reports and final model."""
-    return rsgrpo_loop.train_rsgrpo(params.rsgrpo, Path(params.data.out_dir) / "train" / RL_FILE, params.seed)
+    return train_rsgrpo(params.rsgrpo, Path(params.data.out_dir) / "train" / RL_FILE, params.seed)
 
 
 @task(name="train-rsgrpo", **TASK_DEFAULTS)
@@ -40,7 +42,7 @@ def train(params: Params) -> dict[str, Any]:
         history.append({"step": step, **metrics})
 
     rl_file = Path(params.data.out_dir) / "train" / RL_FILE
-    summary = rsgrpo_loop.train_rsgrpo(cfg, rl_file, params.seed, on_step=on_step)
+    summary = train_rsgrpo(cfg, rl_file, params.seed, on_step=on_step)
     mlflow.log_metric("rsgrpo.skipped_records", summary["skipped_records"])  # rsgrpo.on_bad_record: skip
     history.publish(cfg.log_file, required=PLOTTED)  # the training steps (not the validation-only step 0)
     history.publish(cfg.val_log_file, required=("val/overall",))  # the validation steps

@@ -1,8 +1,9 @@
 """RS-GRPO on several ranks: DeepSpeed ZeRO-2 for the update, the rollout batch's prompt groups split over ranks.
 
-Used by `evisrag_core.rsgrpo.train` when `rsgrpo.deepspeed` is set and the process was started by `torchrun` with
-WORLD_SIZE > 1; the single-process loop does not touch this module. With W ranks, P prompt groups per rollout batch
-and n rollouts per prompt (B = P·n responses):
+`DeepSpeedUpdate` is the `state.UpdateStrategy` that `evisrag_core.rsgrpo.train.build_run` picks when
+`rsgrpo.deepspeed` is set and the process was started by `torchrun` with WORLD_SIZE > 1 (else `step.LocalUpdate`);
+the step never asks which one it has. This module is the only rank logic. With W ranks, P prompt groups per rollout
+batch and n rollouts per prompt (B = P·n responses):
 
 - Rollouts (steps 1-2). Every rank draws the same P prompts (the prompt order and cursor are shared), samples and
   scores the contiguous P/W of them it owns, then all ranks exchange the response ids, texts and rewards (small),
@@ -38,12 +39,14 @@ from typing import Any
 import torch
 
 from evisrag_core.config import RSGRPOParams
-from evisrag_core.rsgrpo.rollout import Group, PromptEncoder, RLPrompt
+from evisrag_core.data.schema import RLPrompt
+from evisrag_core.rsgrpo.objective import active_components
+from evisrag_core.rsgrpo.rollout import Group, PromptEncoder
+from evisrag_core.rsgrpo.state import Batch, Rewards, Run, Sample, Scored
+from evisrag_core.rsgrpo.step import accumulate_gradients, micro_batches, update_metrics
 
 log = logging.getLogger(__name__)
 DEEPSPEED_TAG = "deepspeed"  # the engine checkpoint's sub-folder inside a step-NNNNNN checkpoint
-
-Scored = tuple[list[Group], list[torch.Tensor]]  # groups and their (n, 7) rewards
 
 
 def launched_world() -> tuple[int, int]:
@@ -112,7 +115,7 @@ def deepspeed_config(cfg: RSGRPOParams, world: int, bf16: bool) -> dict[str, Any
 
 
 @dataclass
-class Distributed:
+class DeepSpeedUpdate:
     """This rank's place in the launch and its DeepSpeed engine (wrapping the policy being trained)."""
 
     rank: int
@@ -130,7 +133,7 @@ class Distributed:
         self,
         prompts: Sequence[RLPrompt],
         seeds: Sequence[int] | None,
-        sample: Callable[[Sequence[RLPrompt], Sequence[int] | None], Scored],
+        sample: Sample,
     ) -> Scored:
         """`sample(prompts, seeds)` on this rank's contiguous share of the prompts; the groups and rewards of all
         ranks, in prompt order. Groups sampled on other ranks carry no encoded prompt (`inputs=None`); the update
@@ -139,7 +142,7 @@ class Distributed:
         mine = slice(self.rank * per_rank, (self.rank + 1) * per_rank)
         groups, rewards = sample(prompts[mine], None if seeds is None else seeds[mine])
         payload = [
-            ([ids.tolist() for ids in group.responses], list(group.texts), reward.tolist())
+            ([ids.tolist() for ids in group.responses], list(group.texts), reward.table().tolist())
             for group, reward in zip(groups, rewards, strict=True)
         ]
         gathered: list[Any] = [None] * self.world
@@ -153,7 +156,7 @@ class Distributed:
                     prompt = prompts[rank * per_rank + k]
                     ids = tuple(torch.tensor(r, dtype=torch.long) for r in responses)
                     all_groups.append(Group(prompt, None, ids, tuple(texts)))  # type: ignore[arg-type]
-                all_rewards.append(torch.tensor(reward, dtype=torch.float32))
+                all_rewards.append(Rewards.from_table(torch.tensor(reward, dtype=torch.float32)))
         return all_groups, all_rewards
 
     def with_inputs(self, groups: list[Group], rows: Sequence[int]) -> list[Group]:
@@ -166,6 +169,27 @@ class Distributed:
         return groups
 
     # --- steps 6-7 ---------------------------------------------------------------------------------------------------
+
+    def apply(self, run: Run, batch: Batch) -> dict[str, float]:
+        """Steps 6-7 on this rank's micro-batches; DeepSpeed reduces the gradients, clips and steps, and the metrics
+        are summed over ranks. Whether any component is active is known from the whole batch before the forward, so
+        every rank skips the same steps (an update DeepSpeed starts must be finished by all ranks)."""
+        if not bool(active_components(batch.advantages, batch.span_masks).any()):
+            zero = dict.fromkeys(("loss", "kl", "entropy", "n_active_components"), 0.0)
+            clips = dict.fromkeys(("clip_frac_high", "clip_frac_low", "clip_frac_dual"), 0.0)
+            return update_metrics(run, zero, clips, 0.0, True)
+        size = micro_batch_size(run.cfg, self.world)
+        mine = self.my_micro_batches(micro_batches(len(batch.response_ids), size))
+        batch = replace(batch, groups=self.with_inputs(batch.groups, [row for rows in mine for row in rows]))
+        run.policy.train()
+        grad_norm = [float("nan")]
+
+        def backward(loss: torch.Tensor) -> None:
+            self.backward(loss)
+            grad_norm[0] = self.step()  # DeepSpeed updates at the last micro-batch of the batch
+
+        totals, clip_stats = accumulate_gradients(run, batch, mine, self.engine, backward)
+        return update_metrics(run, self.sum(totals), self.sum(clip_stats), grad_norm[0], False)
 
     def my_micro_batches(self, micro_batches: list[list[int]]) -> list[list[int]]:
         per_rank = len(micro_batches) // self.world
@@ -194,9 +218,10 @@ class Distributed:
 
     # --- checkpoints ------------------------------------------------------------------------------------------------
 
-    def save_checkpoint(self, target: Path, write_rank0: Callable[[Path], None]) -> None:
+    def save_checkpoint(self, target: Path, write: Callable[[Path, bool], None]) -> bool:
         """All ranks write their DeepSpeed partitions into a staging folder; rank 0 adds the model and the step
-        state (`write_rank0(staging)`) and renames it into place, so a kill never leaves a half checkpoint."""
+        state (`write(staging, False)`: the optimizer state is in the partitions) and renames it into place, so a
+        kill never leaves a half checkpoint. True on rank 0, which prunes old checkpoints."""
         staging = target.with_name(f".{target.name}.saving")
         if self.is_main:
             shutil.rmtree(staging, ignore_errors=True)
@@ -205,18 +230,21 @@ class Distributed:
         self.engine.save_checkpoint(str(staging), tag=DEEPSPEED_TAG, save_latest=False)
         self.barrier()
         if self.is_main:
-            write_rank0(staging)
+            write(staging, False)
             if target.exists():
                 shutil.rmtree(target)
             os.replace(staging, target)
         self.barrier()
+        return self.is_main
 
-    def load_checkpoint(self, path: Path) -> None:
+    def load_checkpoint(self, run: Run, path: Path) -> None:
         """The optimizer partitions (and the module, identical to the one the policy was loaded from)."""
         self.engine.load_checkpoint(str(path), tag=DEEPSPEED_TAG, load_lr_scheduler_states=False)
 
 
-def init_distributed(policy: Any, optimizer: torch.optim.Optimizer, cfg: RSGRPOParams, bf16: bool, encoder: Any):
+def init_distributed(
+    policy: Any, optimizer: torch.optim.Optimizer, cfg: RSGRPOParams, bf16: bool, encoder: Any
+) -> DeepSpeedUpdate:
     """Join the ranks (gloo on CPU, nccl on GPUs) and wrap the policy and its AdamW in a DeepSpeed engine."""
     import deepspeed
 
@@ -229,4 +257,4 @@ def init_distributed(policy: Any, optimizer: torch.optim.Optimizer, cfg: RSGRPOP
         deepspeed.init_distributed(dist_backend=backend)
     engine, _, _, _ = deepspeed.initialize(model=policy, optimizer=optimizer, config=deepspeed_config(cfg, world, bf16))
     log.info("rank %d/%d: DeepSpeed ZeRO-%d engine ready", rank, world, engine.zero_optimization_stage())
-    return Distributed(rank, world, engine, encoder)
+    return DeepSpeedUpdate(rank, world, engine, encoder)

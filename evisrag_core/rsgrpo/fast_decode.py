@@ -13,18 +13,22 @@ bookkeeping (logits processors, mask building, cache objects), not arithmetic. H
 The next-token distribution is `generate`'s: suppressed ids removed, then temperature, then top-p (`top_p_filter`
 is transformers' `TopPLogitsWarper`), no top-k; a token is drawn as argmax(p / E) with E = -log U ~ Exp(1) per
 token, which picks token i with probability p_i (what `torch.multinomial` does, at a third of its cost on CPU). Greedy
-decoding (temperature 0) gives `generate`'s greedy tokens (tests/test_decoding.py); sampled tokens follow a
+decoding (temperature 0) gives `generate`'s greedy tokens (tests/integration/test_decoding.py); sampled tokens follow a
 different random stream than `generate`'s, so the same seed gives other (equally distributed) samples.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+_logged_paths: set[str] = set()  # decoding paths already announced at INFO (then DEBUG on every call)
 
 
 @dataclass(frozen=True)
@@ -289,5 +293,14 @@ class _LeanSteps:
 
 def _decoding_steps(model: Any, cache: Any, attention_mask: torch.Tensor, repeats: int, extra: int) -> Any:
     if LeanDecoder.supported(model) and hasattr(cache, "layers"):
+        _log_path("lean", "LeanDecoder over preallocated KV buffers")
         return _LeanSteps(model, cache, attention_mask, repeats, extra)
+    _log_path("model", f"the model's own forward and cache ({type(model).__name__} is not covered by LeanDecoder)")
     return _ModelSteps(model, cache, attention_mask, repeats)
+
+
+def _log_path(path: str, what: str) -> None:
+    """Say which decoding path runs: at INFO the first time in this process, at DEBUG afterwards."""
+    level = logging.DEBUG if path in _logged_paths else logging.INFO
+    _logged_paths.add(path)
+    log.log(level, "shared-prefix decoding steps: %s", what)

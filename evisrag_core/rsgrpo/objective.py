@@ -13,12 +13,20 @@ Per component j, with clipped ratio ρ̄ = clip(ρ, 1 - ε_low, 1 + ε_high) and
     ℓ[i, j, t] = max(-A ρ, -A ρ̄)                  if A ≥ 0
                = min(max(-A ρ, -A ρ̄), -A c)        if A < 0
     L_j        = Σ_{i,t} span ℓ / (Σ_{i,t} span + 1e-8)             (token mean over j's span in the mini-batch)
-    L          = Σ_j L_j / |{j : L_j ≠ 0}|                           (mean over components with a non-zero loss)
+    L          = Σ_j L_j / max(|active|, 1)                          (mean over the active components)
 
-"Non-zero" is the reference's exact float test `L_j != 0.0`: a component whose advantages are all 0 on its span
-(every group agreed on it) drops out of the average, and so does a component whose span is empty in the mini-batch.
-(The reference rescales each L_j by its micro-batch share of the mini-batch's span tokens, which is 0/0 = NaN for an
-empty span: its whole step turns NaN and its optimizer skips it. Here that component simply drops out.)
+Which components are active is `policy_loss(active=...)`:
+
+- "advantage" (the training loop's): j is active when A[i, j] ≠ 0 on some token of j's span in the mini-batch.
+- "loss" (the reference's exact float test `L_j != 0.0`): a component whose advantages are all 0 on its span
+  (every group agreed on it) drops out, and so does one whose span is empty in the mini-batch. With ρ ≡ 1 (on-policy,
+  one update per rollout batch) L_j = −Σ A / N_j is also exactly 0 when a group's advantages cancel over
+  equal-length spans, while ∇L_j = −Σ A ∇log π / N_j is not; the reference never has ρ exactly 1 (its π_old comes
+  from a separate pass), so in practice its active components are those of "advantage".
+
+Either way a component with an empty span drops out. (The reference rescales each L_j by its micro-batch share of
+the mini-batch's span tokens, `span_share`, which is 0/0 = NaN for an empty span: its whole step turns NaN and its
+optimizer skips it. Here that component simply drops out.)
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from collections.abc import Hashable, Sequence
 import torch
 
 MASK_EPS = 1e-8  # the reference's masked-mean epsilon
+ACTIVE_BY = ("advantage", "loss")  # policy_loss(active=...): module docstring
 
 
 def _group_indices(group_ids: Sequence[Hashable], batch: int) -> list[list[int]]:
@@ -71,6 +80,22 @@ def token_advantages(advantages: torch.Tensor, span_masks: torch.Tensor) -> torc
     return advantages.unsqueeze(-1) * span_masks.to(advantages.dtype)
 
 
+def span_share(span_masks: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
+    """N_j(mb) / N_j: the share of component j's span tokens in the batch that lie in the micro-batch `rows`.
+
+    span_masks (B, n, T) of the whole batch → (n,). N_j = Σ_{i,t} span[i, j, t] over the batch is clamped to 1, so a
+    component with an empty span gets share 0. The loss is linear in A, so scaling a micro-batch's advantages by its
+    share makes the micro-batch losses add up to the whole batch's token mean (the reference's rescaling).
+    """
+    batch_tokens = span_masks.sum(dim=(0, 2)).float()  # (n,) N_j
+    return span_masks[rows].sum(dim=(0, 2)).float() / batch_tokens.clamp(min=1)
+
+
+def active_components(advantages: torch.Tensor, span_masks: torch.Tensor) -> torch.Tensor:
+    """(n,) bool: component j has a non-zero advantage on some token of its span. (B, n), (B, n, T) → (n,)."""
+    return ((advantages.unsqueeze(-1) * span_masks) != 0).any(dim=2).any(dim=0)
+
+
 def policy_loss(
     log_probs: torch.Tensor,
     old_log_probs: torch.Tensor,
@@ -79,26 +104,26 @@ def policy_loss(
     clip_low: float = 0.2,
     clip_high: float = 0.28,
     dual_clip: float = 3.0,
+    active: str = "advantage",
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Reward-scoped PPO loss L of the module docstring, over one mini-batch.
+    """Reward-scoped PPO loss L of the module docstring, over one mini-batch, normalised by its active components.
 
     log_probs (B, T) with gradient; old_log_probs (B, T); advantages (B, n); span_masks (B, n, T), padding excluded.
-    The log ratio is clamped to [-20, 20] before exp, as in the reference.
+    The log ratio is clamped to [-20, 20] before exp, as in the reference. `active` is "advantage" (the loop's) or
+    "loss" (the reference's `L_j != 0` test); see the module docstring.
 
-    Returns (L, stats). When every L_j is 0, the divisor is clamped to 1 and L = Σ_j L_j: a tensor whose value is 0
-    and which still carries the graph, where the reference divides 0 by 0 and gets NaN (its optimizer then skips
-    the step); `stats["n_active_components"]` is 0 so the caller can skip the step too. Its gradient Σ_j ∇L_j is
-    zero only when every advantage on every span is 0 (or every span is empty). A value of 0 does not imply that:
-    with ρ ≡ 1 (on-policy, old_log_probs = log_probs.detach()) L_j = −Σ A / N_j, which is exactly 0 when a group's
-    advantages cancel over equal-length spans, while ∇L_j = −Σ A ∇log π / N_j is not. Likewise a component whose
-    L_j is 0 by such cancellation still adds its gradient to L but is not counted in the divisor; the loop in
-    rsgrpo_loop.policy_update counts active components by their advantages instead. Stats, as token fractions over
-    all (i, j, t) span positions:
+    Returns (L, stats). With no active component the divisor is clamped to 1 and L = Σ_j L_j: a tensor that still
+    carries the graph, where the reference divides 0 by 0 and gets NaN (its optimizer then skips the step);
+    `stats["n_active_components"]` is 0 so the caller can skip the step too. Stats, as token fractions over all
+    (i, j, t) span positions:
       clip_frac_high  A > 0 and ρ > 1 + ε_high     clip_frac_low  A < 0 and ρ < 1 - ε_low
       clip_frac_dual  A < 0 and max(ρ, ρ̄) > c     (the reference logs high + low as "pg_clipfrac_higher" and dual
                                                      as "pg_clipfrac_lower")
-    plus ppo_kl (mean of log π_old - log π_θ over span positions), n_active_components and loss_<j> per component.
+    plus ppo_kl (mean of log π_old - log π_θ over span positions), n_active_components (the divisor's count) and
+    loss_<j> per component.
     """
+    if active not in ACTIVE_BY:
+        raise ValueError(f"policy_loss(active={active!r}): choose one of {ACTIVE_BY}")
     span = span_masks.to(torch.float32)  # (B, n, T)
     adv = advantages.to(torch.float32).unsqueeze(-1) * span  # (B, n, T)
     log_ratio = (log_probs.float() - old_log_probs.float()).clamp(-20.0, 20.0).unsqueeze(1)  # (B, 1, T)
@@ -111,9 +136,16 @@ def policy_loss(
     loss_dual = torch.minimum(loss_ppo, -adv * dual_clip)
     token_loss = torch.where(adv < 0, loss_dual, loss_ppo)  # (B, n, T)
 
-    component_loss = (token_loss * span).sum(dim=(0, 2)) / (span.sum(dim=(0, 2)) + MASK_EPS)  # (n,)
-    active = component_loss != 0.0
-    loss = component_loss.sum() / active.sum().clamp(min=1)
+    component_loss = (token_loss * span).sum(dim=(0, 2)) / (span.sum(dim=(0, 2)) + MASK_EPS)  # (n,) L_j
+    nonzero = component_loss != 0.0  # (n,) the reference's test
+    loss = component_loss.sum() / nonzero.sum().clamp(min=1)
+    n_active = float(nonzero.sum())
+    if active == "advantage":
+        by_advantage = int(active_components(advantages, span_masks).sum())
+        # Mathematically Σ_j L_j / max(by_advantage, 1). The detour through the value count is the exact float
+        # sequence the released models were trained with (rounding of the loss and of its gradient), kept bit for bit.
+        loss = loss * max(n_active, 1.0) / max(by_advantage, 1)
+        n_active = float(by_advantage)
 
     with torch.no_grad():
         n_span = span.sum().clamp(min=1.0)
@@ -123,9 +155,9 @@ def policy_loss(
             "clip_frac_low": (((adv < 0) & (ratio_b < 1.0 - clip_low)) * span).sum() / n_span,
             "clip_frac_dual": (((adv < 0) & (loss_ppo > -adv * dual_clip)) * span).sum() / n_span,
             "ppo_kl": (-log_ratio * span).sum() / n_span,
-            "n_active_components": active.sum(),
         }
         stats = {key: float(value) for key, value in measured.items()}
+        stats["n_active_components"] = n_active
         stats.update({f"loss_{j}": float(value) for j, value in enumerate(component_loss)})
     return loss, stats
 

@@ -11,22 +11,17 @@ images are base64 PNG thumbnails), written atomically.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from PIL import Image
-
+from evisrag_core.images import thumbnail_data_url
 from evisrag_core.io import write_text_atomic
 from evisrag_core.rsgrpo.rollout import group_ids
-
-if TYPE_CHECKING:
-    from evisrag_core.rsgrpo.train import Batch
+from evisrag_core.rsgrpo.state import Batch
 
 COLOURS = {
     "accuracy": "#ffd6a5",
@@ -78,7 +73,7 @@ def _pick(batch: Batch, count: int) -> list[int]:
     """Rows of the best and the worst response (by overall) of each group, in group order, `count` at most."""
     rows, start = [], 0
     for group in batch.groups:
-        overall = batch.rewards[start : start + len(group.responses), 0]
+        overall = batch.rewards.overall[start : start + len(group.responses)]
         rows.extend(dict.fromkeys([start + int(overall.argmax()), start + int(overall.argmin())]))
         start += len(group.responses)
     return rows[:count]
@@ -87,7 +82,7 @@ def _pick(batch: Batch, count: int) -> list[int]:
 def report_samples(batch: Batch, tokenizer: Any, count: int) -> list[ReportSample]:
     """Up to `count` responses of a step's batch, with the spans and advantages the update used."""
     owners = group_ids(batch.groups)
-    reward_rows = batch.reward_rows()
+    reward_rows = batch.rewards.rows()
     samples = []
     for row in _pick(batch, count):
         prompt = batch.groups[owners[row]].prompt
@@ -108,16 +103,6 @@ def report_samples(batch: Batch, tokenizer: Any, count: int) -> list[ReportSampl
     return samples
 
 
-def thumbnail(path: str) -> str:
-    """A base64 PNG data URL of the image, at most THUMBNAIL in size."""
-    with Image.open(path) as image:
-        small = image.convert("RGB")
-        small.thumbnail(THUMBNAIL)
-        buffer = io.BytesIO()
-        small.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
 def highlight(tokens: Sequence[str], span: Sequence[bool], colour: str) -> str:
     """The response as HTML with the span's tokens marked; contiguous tokens share one <mark>."""
     parts, run, inside = [], [], False
@@ -136,7 +121,7 @@ def highlight(tokens: Sequence[str], span: Sequence[bool], colour: str) -> str:
 
 def render_sample(sample: ReportSample) -> str:
     images = "".join(
-        f'<img src="{thumbnail(path)}" alt="[{i}] {html.escape(Path(path).name)}" title="[{i}]">'
+        f'<img src="{thumbnail_data_url(path, THUMBNAIL)}" alt="[{i}] {html.escape(Path(path).name)}" title="[{i}]">'
         for i, path in enumerate(sample.images, start=1)
     )
     header = "".join(f"<th>{html.escape(key)}</th>" for key in sample.rewards)

@@ -140,7 +140,7 @@ def test_reused_image_features_give_the_log_probs_of_the_pixels(tiny_model, rl_f
     instead of pixel_values: same log-probs as running the tower again."""
     from dataclasses import replace
 
-    from evisrag_core.rsgrpo.train import response_log_probs
+    from evisrag_core.rsgrpo.step import response_log_probs
 
     model, processor = tiny_model
     encoder = PromptEncoder(processor, "model_card", (3136, 12544), 15000)

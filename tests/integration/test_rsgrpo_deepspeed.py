@@ -3,7 +3,7 @@
 
 Both runs go through the real CLI (rank 0 runs the Prefect flow and the MLflow run, rank 1 trains beside it) from a
 small driver that swaps the reward *table* for a deterministic function of the generated text (the tiny model is
-random: real rewards are all equal and no advantage survives; tests/test_rsgrpo_loop.py does the same).
+random: real rewards are all equal and no advantage survives; tests/integration/test_rsgrpo_loop.py does the same).
 
 What makes the two runs comparable:
 - rollouts: `rollout_seeding: group` seeds every prompt's group by its draw position, so rank 1 sampling groups
@@ -36,7 +36,7 @@ UPDATE_RTOL = 1e-3
 DRIVER = """
 import sys, zlib
 sys.path.insert(0, {root!r})
-from evisrag_core.rsgrpo import train as rsgrpo_loop
+from evisrag_core.rsgrpo import step as rsgrpo_step
 from evisrag_core.rsgrpo.rewards import REWARD_COMPONENTS
 
 
@@ -45,7 +45,7 @@ def table(response, ground_truth, response_length, **limits):
     return {{"overall": sum(components.values()), **components}}
 
 
-rsgrpo_loop.score = table
+rsgrpo_step.score = table
 from flows.cli import main
 
 sys.exit(main(["--params", "params.yaml", "rsgrpo"]))

@@ -1,7 +1,7 @@
 """RS-GRPO loop on the tiny model: rollouts, one real update, plain GRPO, online filtering, resume, report, params.
 
 The tiny model is random, so every response gets the same real reward and no advantage survives. Where a test
-needs rewards that differ, it replaces the reward *table* (`rsgrpo_loop.score`) with a deterministic function of
+needs rewards that differ, it replaces the reward *table* (`rsgrpo.step.score`) with a deterministic function of
 the real generated text and the prompt; the model, generation and the update are always the real ones.
 """
 
@@ -23,7 +23,10 @@ import yaml
 from evisrag_core.config import PAPER_RSGRPO, ParamsError, RSGRPOParams, parse_params
 from evisrag_core.data.schema import RL_FILE
 from evisrag_core.resume import FINGERPRINT_FILE
+from evisrag_core.rsgrpo import step as rsgrpo_step
 from evisrag_core.rsgrpo.rewards import REWARD_COMPONENTS, score
+from evisrag_core.rsgrpo.state import REWARD_KEYS, Rewards
+from evisrag_core.rsgrpo.train import build_run
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -73,9 +76,7 @@ def rl_file(tiny_dataset: Path) -> Path:
 
 @pytest.fixture
 def stub_rewards(monkeypatch: pytest.MonkeyPatch):
-    from evisrag_core.rsgrpo import train as rsgrpo_loop
-
-    monkeypatch.setattr(rsgrpo_loop, "score", text_reward)
+    monkeypatch.setattr(rsgrpo_step, "score", text_reward)
 
 
 # --- rollouts -----------------------------------------------------------------------------------------------------
@@ -105,7 +106,7 @@ def test_rollouts_are_n_per_prompt_and_the_update_scores_what_was_sampled(tiny_m
         pad_responses,
         policy_inputs,
     )
-    from evisrag_core.rsgrpo.train import response_log_probs
+    from evisrag_core.rsgrpo.step import response_log_probs
 
     model, processor = tiny_model
     prompts = load_rl_prompts(rl_file)[:2]
@@ -172,13 +173,14 @@ def test_rollouts_are_n_per_prompt_and_the_update_scores_what_was_sampled(tiny_m
 def test_one_step_updates_the_language_model_and_not_the_frozen_vision_tower(
     tiny_model_dir: Path, rl_file: Path, tmp_path: Path, stub_rewards
 ):
-    from evisrag_core.rsgrpo.train import REWARD_KEYS, build_run, train_step
+    from evisrag_core.rsgrpo.step import train_step
 
     run = build_run(config(tmp_path, tiny_model_dir), rl_file, seed=0)
     before = {name: p.detach().clone() for name, p in run.policy.named_parameters()}
     metrics, batch = train_step(run)
 
-    assert batch.rewards.shape == (8, len(REWARD_KEYS))
+    assert batch.rewards.overall.shape == (8,) and batch.rewards.components.shape == (8, len(REWARD_COMPONENTS))
+    assert torch.allclose(batch.rewards.components.sum(dim=1), batch.rewards.overall)
     assert batch.span_masks.shape == (8, len(REWARD_COMPONENTS), batch.response_ids.shape[1])
     assert metrics["actor/skipped"] == 0.0 and metrics["actor/grad_norm"] > 0
     assert metrics["actor/n_active_components"] > 0
@@ -194,7 +196,7 @@ def test_one_step_updates_the_language_model_and_not_the_frozen_vision_tower(
 
 def test_a_batch_without_advantage_signal_is_skipped(tiny_model_dir: Path, rl_file: Path, tmp_path: Path):
     """Real rewards of a random model are all equal: no component is active and the weights must not move."""
-    from evisrag_core.rsgrpo.train import build_run, train_step
+    from evisrag_core.rsgrpo.step import train_step
 
     run = build_run(config(tmp_path, tiny_model_dir), rl_file, seed=0)
     before = [p.detach().clone() for p in run.policy.parameters()]
@@ -209,8 +211,9 @@ def test_sampled_validation_scores_n_responses_per_prompt_and_leaves_training_ro
 ):
     """val_sampled/* averages val_sampled_n responses per held-out prompt at the rollout temperature; it draws
     from a forked RNG, so the training step after it samples what it would have sampled without it."""
-    from evisrag_core.rsgrpo import train as rsgrpo_loop
-    from evisrag_core.rsgrpo.train import build_run, train_step, validate
+    from evisrag_core.rsgrpo import validate as rsgrpo_validate
+    from evisrag_core.rsgrpo.step import train_step
+    from evisrag_core.rsgrpo.validate import validate
 
     def validate_then_step(val_sampled_n: int) -> tuple[dict[str, float], list[list[str]]]:
         folder = tmp_path / f"sampled-{val_sampled_n}"
@@ -222,10 +225,11 @@ def test_sampled_validation_scores_n_responses_per_prompt_and_leaves_training_ro
         return metrics, [group.texts for group in batch.groups]
 
     scored: list[int] = []
-    real_group_rewards = rsgrpo_loop.group_rewards
+    real_group_rewards = rsgrpo_step.group_rewards
     counting = lambda group, cfg: scored.append(len(group.texts)) or real_group_rewards(group, cfg)  # noqa: E731
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(rsgrpo_loop, "group_rewards", counting)
+        patch.setattr(rsgrpo_step, "group_rewards", counting)
+        patch.setattr(rsgrpo_validate, "group_rewards", counting)
         with_sampled, texts_with = validate_then_step(val_sampled_n=3)
     without, texts_without = validate_then_step(val_sampled_n=0)
 
@@ -233,7 +237,7 @@ def test_sampled_validation_scores_n_responses_per_prompt_and_leaves_training_ro
     assert texts_with == texts_without
     assert {k: v for k, v in with_sampled.items() if k.startswith("val/")} == without
     sampled = {k: v for k, v in with_sampled.items() if k.startswith("val_sampled/")}
-    assert set(sampled) == {f"val_sampled/{key}" for key in rsgrpo_loop.REWARD_KEYS} | {"val_sampled/answer_accuracy"}
+    assert set(sampled) == {f"val_sampled/{key}" for key in REWARD_KEYS} | {"val_sampled/answer_accuracy"}
     assert 0.0 <= sampled["val_sampled/answer_accuracy"] <= 1.0
 
 
@@ -248,22 +252,20 @@ def test_micro_batches_add_up_to_the_whole_batch_gradient(
 ):
     """With every component active in every micro-batch, the reference's per-micro-batch rescaling gives the
     gradient of the whole-batch loss: one SGD step (lr 1, no clipping) lands on the same weights."""
-    from evisrag_core.rsgrpo import train as rsgrpo_loop
-
-    monkeypatch.setattr(rsgrpo_loop, "score", distinct_reward)
+    monkeypatch.setattr(rsgrpo_step, "score", distinct_reward)
     weights = {}
     batch = None
     for size in (0, 4, 1):
         cfg = config(tmp_path / str(size), tiny_model_dir, micro_batch_size=size, max_grad_norm=1e9)
-        run = rsgrpo_loop.build_run(cfg, rl_file, seed=0)
+        run = build_run(cfg, rl_file, seed=0)
         run.optimizer = torch.optim.SGD([p for p in run.policy.parameters() if p.requires_grad], lr=1.0)
         if batch is None:
-            groups, rewards, _ = rsgrpo_loop.collect_groups(run)
-            batch = rsgrpo_loop.spans_and_advantages(groups, rewards, "rsgrpo", run.tag_ids, run.pad_id)
-        metrics = rsgrpo_loop.policy_update(run, batch)
+            groups, rewards, _ = rsgrpo_step.collect_groups(run)
+            batch = rsgrpo_step.spans_and_advantages(groups, rewards, "rsgrpo", run.tag_ids, run.pad_id)
+        metrics = rsgrpo_step.policy_update(run, batch)
         assert metrics["actor/n_active_components"] == len(REWARD_COMPONENTS)
         weights[size] = {name: p.detach().clone() for name, p in run.policy.named_parameters()}
-    base = dict(rsgrpo_loop.build_run(config(tmp_path / "base", tiny_model_dir), rl_file, 0).policy.named_parameters())
+    base = dict(build_run(config(tmp_path / "base", tiny_model_dir), rl_file, 0).policy.named_parameters())
     for size in (4, 1):
         for name, value in weights[0].items():
             assert torch.allclose(weights[size][name], value, atol=1e-6, rtol=1e-4), (size, name)
@@ -273,7 +275,7 @@ def test_micro_batches_add_up_to_the_whole_batch_gradient(
 def test_kl_to_the_start_model_is_zero_until_the_policy_moves(
     tiny_model_dir: Path, rl_file: Path, tmp_path: Path, stub_rewards
 ):
-    from evisrag_core.rsgrpo.train import build_run, train_step
+    from evisrag_core.rsgrpo.step import train_step
 
     run = build_run(config(tmp_path, tiny_model_dir, kl_coef=0.01), rl_file, seed=0)
     assert run.reference is not None and not any(p.requires_grad for p in run.reference.parameters())
@@ -287,8 +289,6 @@ def test_kl_to_the_start_model_is_zero_until_the_policy_moves(
 
 def test_vllm_rollouts_without_vllm_fail_with_a_clear_message(tiny_model_dir: Path, rl_file: Path, tmp_path: Path):
     import importlib.util
-
-    from evisrag_core.rsgrpo.train import build_run
 
     if importlib.util.find_spec("vllm") is not None:
         pytest.skip("vLLM is installed here")
@@ -309,11 +309,8 @@ def _tagged_group(processor, rl_file: Path):
     responses = tuple(torch.tensor([*tokenizer.encode(t, add_special_tokens=False), end]) for t in (good, bad))
     inputs = PromptEncoder(processor, "model_card", (3136, 12544), 15000)([prompt])[0]
     group = Group(prompt, inputs, responses, (good, bad))
-    rewards = torch.tensor(
-        [
-            [score(t, prompt.ground_truth, len(ids))[k] for k in ("overall", *REWARD_COMPONENTS)]
-            for t, ids in zip(group.texts, responses, strict=True)
-        ]
+    rewards = Rewards.from_scores(
+        [score(t, prompt.ground_truth, len(ids)) for t, ids in zip(group.texts, responses, strict=True)]
     )
     return group, rewards
 
@@ -321,7 +318,7 @@ def _tagged_group(processor, rl_file: Path):
 def test_plain_grpo_has_one_component_over_the_whole_response(tiny_model, rl_file: Path):
     from evisrag_core.rsgrpo.objective import group_advantages
     from evisrag_core.rsgrpo.spans import tag_token_ids
-    from evisrag_core.rsgrpo.train import spans_and_advantages
+    from evisrag_core.rsgrpo.step import spans_and_advantages
 
     _, processor = tiny_model
     group, rewards = _tagged_group(processor, rl_file)
@@ -331,7 +328,7 @@ def test_plain_grpo_has_one_component_over_the_whole_response(tiny_model, rl_fil
     assert grpo.components == ("overall",)
     assert grpo.span_masks.shape[1] == 1
     assert torch.equal(grpo.span_masks[:, 0], grpo.response_mask.bool())
-    assert torch.equal(grpo.advantages, group_advantages(rewards[:, :1], [0, 0]))
+    assert torch.equal(grpo.advantages, group_advantages(rewards.overall.unsqueeze(1), [0, 0]))
 
     scoped = spans_and_advantages([group], rewards, "rsgrpo", tag_ids, pad)
     assert scoped.components == REWARD_COMPONENTS
@@ -348,25 +345,24 @@ def test_plain_grpo_has_one_component_over_the_whole_response(tiny_model, rl_fil
 def test_filtering_keeps_only_groups_whose_mean_is_inside_the_band(
     tiny_model_dir: Path, rl_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    from evisrag_core.rsgrpo import train as rsgrpo_loop
     from evisrag_core.rsgrpo.rollout import load_rl_prompts
 
     prompts = load_rl_prompts(rl_file)
     fate = {prompts[0].id: "failed", prompts[1].id: "solved", prompts[2].id: "failed"}  # prompts[3]: mixed
 
-    def table(group, cfg) -> torch.Tensor:
+    def table(group, cfg) -> Rewards:
         """Rewards by prompt: all 0 (failed), all 7 (solved), or 0..7 from the generated text (mixed)."""
         kind = fate.get(group.prompt.id, "mixed")
         overall = [{"failed": 0.0, "solved": 7.0}.get(kind, float(zlib.crc32(t.encode()) % 8)) for t in group.texts]
-        return torch.tensor([[value] + [value / 6] * len(REWARD_COMPONENTS) for value in overall])
+        return Rewards.from_scores([{"overall": v, **dict.fromkeys(REWARD_COMPONENTS, v / 6)} for v in overall])
 
-    monkeypatch.setattr(rsgrpo_loop, "group_rewards", table)
+    monkeypatch.setattr(rsgrpo_step, "group_rewards", table)
     cfg = config(tmp_path, tiny_model_dir, filter_low=0.01, filter_high=6.9, n=4, val_size=0)
-    run = rsgrpo_loop.build_run(cfg, rl_file, seed=0)
-    groups, rewards, metrics = rsgrpo_loop.collect_groups(run)
+    run = build_run(cfg, rl_file, seed=0)
+    groups, rewards, metrics = rsgrpo_step.collect_groups(run)
 
     assert [g.prompt.id for g in groups] == [prompts[3].id] * 2  # the mixed prompt, drawn in two epochs
-    means = rewards[:, 0].view(2, 4).mean(dim=1)
+    means = rewards.overall.view(2, 4).mean(dim=1)
     assert ((means > 0.01) & (means < 6.9)).all()
     drawn = run.cursor
     assert drawn > len(prompts) and drawn % 2 == 0  # every prompt was drawn, in rounds of rollout_batch_size
@@ -377,13 +373,11 @@ def test_filtering_keeps_only_groups_whose_mean_is_inside_the_band(
 def test_filtering_gives_up_after_max_tries(
     tiny_model_dir: Path, rl_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    from evisrag_core.rsgrpo import train as rsgrpo_loop
-
-    monkeypatch.setattr(rsgrpo_loop, "score", lambda *a, **k: {"overall": 0.0, **dict.fromkeys(REWARD_COMPONENTS, 0)})
+    monkeypatch.setattr(rsgrpo_step, "score", lambda *a, **k: {"overall": 0.0, **dict.fromkeys(REWARD_COMPONENTS, 0)})
     cfg = config(tmp_path, tiny_model_dir, filter_low=0.01, filter_high=6.9, max_filter_tries=2, max_new_tokens=4)
-    run = rsgrpo_loop.build_run(cfg, rl_file, seed=0)
-    with pytest.raises(rsgrpo_loop.FilterExhaustedError, match="kept 0 of 2 groups after 2 rounds"):
-        rsgrpo_loop.collect_groups(run)
+    run = build_run(cfg, rl_file, seed=0)
+    with pytest.raises(rsgrpo_step.FilterExhaustedError, match="kept 0 of 2 groups after 2 rounds"):
+        rsgrpo_step.collect_groups(run)
 
 
 # --- checkpoints and resume ---------------------------------------------------------------------------------------
@@ -398,7 +392,8 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
 def test_resume_from_a_checkpoint_gives_the_uninterrupted_weights_bit_for_bit(
     tiny_model_dir: Path, rl_file: Path, tmp_path: Path, stub_rewards
 ):
-    from evisrag_core.rsgrpo.train import latest_checkpoint, train_rsgrpo
+    from evisrag_core.rsgrpo.checkpoint import latest_checkpoint
+    from evisrag_core.rsgrpo.train import train_rsgrpo
 
     def cfg(name: str) -> RSGRPOParams:
         return config(tmp_path / name, tiny_model_dir, steps=4, save_every=2, max_new_tokens=8, n=3)
@@ -431,19 +426,20 @@ _DRIVER = """
 import json, sys, zlib
 from pathlib import Path
 import torch
-from evisrag_core.rsgrpo import train as rsgrpo_loop
 from evisrag_core.config import RSGRPOParams
+from evisrag_core.rsgrpo import step as rsgrpo_step
 from evisrag_core.rsgrpo.rewards import REWARD_COMPONENTS
+from evisrag_core.rsgrpo.train import train_rsgrpo
 
 def table(response, ground_truth, response_length, **limits):
     bits = zlib.crc32(response.encode("utf-8"))
     components = {name: float((bits >> (3 * j)) % 3) for j, name in enumerate(REWARD_COMPONENTS)}
     return {"overall": sum(components.values()), **components}
 
-rsgrpo_loop.score = table
+rsgrpo_step.score = table
 torch.set_num_threads(1)
 cfg = RSGRPOParams(**json.loads(sys.argv[1]))
-print(json.dumps(rsgrpo_loop.train_rsgrpo(cfg, Path(sys.argv[2]), seed=0)))
+print(json.dumps(train_rsgrpo(cfg, Path(sys.argv[2]), seed=0)))
 """
 
 
@@ -487,7 +483,7 @@ def test_report_highlights_each_components_span_and_shows_its_reward(tiny_model,
 
     from evisrag_core.rsgrpo.report import COLOURS, report_samples, write_step_report
     from evisrag_core.rsgrpo.spans import tag_token_ids
-    from evisrag_core.rsgrpo.train import spans_and_advantages
+    from evisrag_core.rsgrpo.step import spans_and_advantages
 
     _, processor = tiny_model
     group, rewards = _tagged_group(processor, rl_file)
@@ -527,7 +523,7 @@ def test_params_yaml_lists_every_key_and_the_paper_profile_applies_the_released_
     assert set(raw["rsgrpo"]) == set(RSGRPOParams.model_fields)
     params = parse_params(raw)
     assert params.rsgrpo.n >= 2
-    raw["rsgrpo"].update(profile="paper", learning_rate=1.0)
+    raw["rsgrpo"].update(profile="paper")  # every key at its default: all released values apply
     paper = parse_params(raw).rsgrpo
     for key, value in PAPER_RSGRPO.items():
         assert getattr(paper, key) == value, key

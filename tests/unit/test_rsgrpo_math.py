@@ -8,11 +8,13 @@ import pytest
 import torch
 
 from evisrag_core.rsgrpo.objective import (
+    active_components,
     entropy_from_logits,
     filter_groups,
     group_advantages,
     low_var_kl,
     policy_loss,
+    span_share,
     token_advantages,
 )
 
@@ -138,19 +140,101 @@ def test_tokens_outside_every_span_do_not_matter() -> None:
     assert moved.item() == base.item() == pytest.approx(-1.0)
 
 
-def test_step_loss_is_the_mean_over_components_with_non_zero_loss() -> None:
+@pytest.mark.parametrize("active", ["advantage", "loss"])
+def test_step_loss_is_the_mean_over_the_active_components(active: str) -> None:
     # ratio 1: component loss = -mean A over its span. Component 0: A = 2 → -2. Component 1: empty span → 0.
-    # Component 2: A = 0 (its group agreed) → 0. Component 3: A = -1 → 1. Step loss = (-2 + 1) / 2, not / 4.
+    # Component 2: A = 0 (its group agreed) → 0. Component 3: A = -1 → 1. Step loss = (-2 + 1) / 2, not / 4: both
+    # tests of "active" agree here.
     log_probs = torch.zeros(1, 3, requires_grad=True)
     advantages = torch.tensor([[2.0, 5.0, 0.0, -1.0]])
     spans = torch.tensor([[[1, 1, 0], [0, 0, 0], [1, 1, 1], [0, 1, 1]]], dtype=torch.bool)
-    loss, stats = policy_loss(log_probs, log_probs.detach(), advantages, spans)
+    loss, stats = policy_loss(log_probs, log_probs.detach(), advantages, spans, active=active)
     assert loss.item() == pytest.approx(-0.5)
     assert stats["n_active_components"] == 2.0
     assert [stats[f"loss_{j}"] for j in range(4)] == pytest.approx([-2.0, 0.0, 0.0, 1.0])
     loss.backward()
     # d/d log π_t of (1/2)·(-(2ρ_0 + 2ρ_1)/2 + (ρ_1 + ρ_2)/2) at ρ = 1
     assert log_probs.grad[0].tolist() == pytest.approx([-0.5, -0.25, 0.25])
+
+
+def test_a_cancelling_group_is_active_by_its_advantages_not_by_its_loss_value() -> None:
+    # ratio 1, two responses of one group with equal spans and A = +1, -1: L_0 = -(1 - 1) / 2 = 0 exactly, but its
+    # gradient is not 0. Component 1 (A = 2 on one token) has L_1 = -2. The loop's test counts 2 components; the
+    # reference's value test counts 1.
+    log_probs = torch.zeros(2, 2, requires_grad=True)
+    advantages = torch.tensor([[1.0, 2.0], [-1.0, 0.0]])
+    spans = torch.tensor([[[1, 1], [1, 0]], [[1, 1], [0, 0]]], dtype=torch.bool)  # (2, 2, 2)
+    by_advantage, stats = policy_loss(log_probs, log_probs.detach(), advantages, spans)
+    by_value, value_stats = policy_loss(log_probs, log_probs.detach(), advantages, spans, active="loss")
+    assert stats["loss_0"] == 0.0 and stats["loss_1"] == pytest.approx(-2.0)
+    assert (stats["n_active_components"], value_stats["n_active_components"]) == (2.0, 1.0)
+    assert (by_advantage.item(), by_value.item()) == pytest.approx((-1.0, -2.0))
+    by_advantage.backward()
+    # d/d log π of (1/2)·(-(ρ_00 + ρ_01 - ρ_10 - ρ_11)/4 - 2ρ_00) at ρ = 1
+    assert log_probs.grad.flatten().tolist() == pytest.approx([-1.125, -0.125, 0.125, 0.125])
+
+
+def test_the_loss_keeps_the_released_float_sequence() -> None:
+    # ρ = 1: L_j = -a_j for components 0-2 (one token each); component 3's group cancels (A = +1, -1 on equal
+    # spans), so L_3 = 0 exactly: 3 components by value, 4 by advantage. The loss divides by the value count,
+    # multiplies it back and divides by the advantage count, the float sequence the released models were trained
+    # with; for these inputs it differs from Σ_j L_j / 4 in the last bit, so a "simplified" loss fails here.
+    advantages = torch.tensor([[-1.551, -1.386, -1.033, 1.0], [0.0, 0.0, 0.0, -1.0]])
+    spans = torch.zeros(2, 4, 4, dtype=torch.bool)
+    for j in range(3):
+        spans[0, j, j] = True
+    spans[:, 3, 3] = True
+    log_probs = torch.zeros(2, 4)
+    loss, stats = policy_loss(log_probs, log_probs, advantages, spans)
+    by_value, value_stats = policy_loss(log_probs, log_probs, advantages, spans, active="loss")
+    assert (stats["n_active_components"], value_stats["n_active_components"]) == (4.0, 3.0)
+    assert torch.equal(loss, by_value * 3.0 / 4)
+    component_sum = torch.tensor([stats[f"loss_{j}"] for j in range(4)]).sum()
+    assert not torch.equal(loss, component_sum / 4)
+    assert loss.item() == pytest.approx(component_sum.item() / 4)
+
+
+@pytest.mark.parametrize(
+    ("advantages", "spans", "active"),
+    [
+        pytest.param([[1.0, 0.0]], [[[1, 0], [1, 1]]], [True, False], id="A = 0: inactive"),
+        pytest.param([[1.0, 2.0]], [[[1, 0], [0, 0]]], [True, False], id="empty span: inactive"),
+        pytest.param([[1.0], [-1.0]], [[[1, 1]], [[1, 1]]], [True], id="cancelling group: active"),
+    ],
+)
+def test_active_components(advantages: list, spans: list, active: list[bool]) -> None:
+    assert active_components(torch.tensor(advantages), torch.tensor(spans, dtype=torch.bool)).tolist() == active
+
+
+def test_an_unknown_active_rule_is_refused() -> None:
+    with pytest.raises(ValueError, match="choose one of"):
+        policy_loss(torch.zeros(1, 1), torch.zeros(1, 1), torch.ones(1, 1), torch.ones(1, 1, 1), active="value")
+
+
+# --- micro-batch span share ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spans", "rows", "share"),
+    [
+        pytest.param([[[1, 1, 0]], [[1, 0, 0]]], [0, 1], [1.0], id="the whole batch: share 1"),
+        pytest.param([[[1, 1, 0]], [[1, 0, 0]]], [0], [2 / 3], id="2 of the 3 span tokens"),
+        pytest.param([[[1, 1, 0]], [[1, 0, 0]]], [1], [1 / 3], id="1 of the 3 span tokens"),
+        pytest.param([[[1, 1], [0, 0]], [[0, 0], [0, 0]]], [1], [0.0, 0.0], id="no span tokens in the micro-batch"),
+        pytest.param([[[1, 1], [0, 0]], [[1, 1], [0, 0]]], [0], [0.5, 0.0], id="an empty span anywhere: share 0"),
+        pytest.param([[[1, 0], [1, 1]], [[1, 1], [0, 0]], [[0, 0], [0, 1]]], [0, 2], [1 / 3, 1.0], id="per component"),
+    ],
+)
+def test_span_share_is_the_micro_batch_part_of_each_components_span_tokens(
+    spans: list, rows: list[int], share: list[float]
+) -> None:
+    assert span_share(torch.tensor(spans, dtype=torch.bool), rows).tolist() == pytest.approx(share)
+
+
+def test_span_shares_of_the_micro_batches_add_up_to_one() -> None:
+    spans = torch.rand(8, 6, 7, generator=torch.Generator().manual_seed(2)) > 0.5
+    total = sum(span_share(spans, rows) for rows in ([0, 1, 2], [3, 4, 5], [6, 7]))
+    assert total.tolist() == pytest.approx([1.0] * 6)
 
 
 def test_all_zero_components_give_a_finite_zero_loss() -> None:
