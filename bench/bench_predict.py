@@ -66,13 +66,13 @@ def timed_pass(backend: Any, requests: list[Any], batch_size: int, tokenizer: An
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from evisrag_core.predict import Sampling, TransformersBackend
+    from evisrag_core.predict import Decoding, TransformersBackend
 
     params = load_params(PARAMS_FILE)
     cfg = params.predict
     with tempfile.TemporaryDirectory(prefix="bench_predict_") as tmp:
         requests, model, processor = setup(Path(tmp), args.questions)
-        sampling = Sampling(0.0, 1.0, cfg.repetition_penalty, args.max_new_tokens or cfg.max_new_tokens)
+        sampling = Decoding(0.0, 1.0, cfg.repetition_penalty, args.max_new_tokens or cfg.max_new_tokens)
         backend = TransformersBackend(model, processor, sampling, cfg.prompt_template, (cfg.min_pixels, cfg.max_pixels))
         backend.generate(requests[:2])  # warm-up
         passes: dict[str, list[dict[str, float]]] = {"ours": [], "per_question": []}

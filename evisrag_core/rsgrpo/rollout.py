@@ -24,79 +24,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from evisrag_core.bad_records import BadRecords, jsonl_rows
-from evisrag_core.data.schema import resolve_image_path
-from evisrag_core.images import check_image, vision_inputs
+# RLPrompt and its loader live with every record type in data.schema; the re-export keeps `rollout.load_rl_prompts`
+# callers working.
+from evisrag_core.data.schema import RLPrompt
+from evisrag_core.data.schema import load_rl_prompts as load_rl_prompts
+from evisrag_core.images import vision_inputs
 from evisrag_core.io import BadRecordError
-from evisrag_core.parsing import extract_block
 from evisrag_core.prompts import build_messages
 from evisrag_core.rsgrpo.fast_decode import Sampling, sample_shared_prefix
 
-IMAGE_PLACEHOLDER = "<image>"
 ROLLOUT_DECODERS = ("shared_prefix", "generate")
-INSUFFICIENT_ANSWER = "insufficient to answer"
-
-
-@dataclass(frozen=True)
-class RLPrompt:
-    """One RL record: the question, its images (absolute paths, rank order) and the tagged ground truth."""
-
-    id: str
-    query: str
-    images: tuple[str, ...]
-    image_refs: tuple[str, ...]  # the images as the record names them (relative to the record file)
-    ground_truth: str
-    is_sufficient: bool
-
-    @property
-    def gold_answer(self) -> str:
-        return (extract_block(self.ground_truth, "answer") or "").strip()
-
-
-def parse_rl_record(row: dict[str, Any], root: Path, where: str) -> RLPrompt:
-    """An `rl.jsonl` row → RLPrompt. `is_sufficient` defaults to "the gold answer is not 'insufficient to answer'"."""
-    prompt, answer, images = row.get("prompt"), row.get("answer"), row.get("image")
-    if not isinstance(prompt, str) or not isinstance(answer, str) or not isinstance(images, list) or not images:
-        raise BadRecordError(f"{where}: an RL record needs 'prompt' (string), 'image' (non-empty list), 'answer'")
-    missing = [tag for tag in ("<evidence>", "</evidence>", "<answer>", "</answer>") if tag not in answer]
-    if missing:
-        raise BadRecordError(f"{where}: 'answer' must be the tagged ground truth; it lacks {missing}")
-    paths = tuple(str(resolve_image_path(root, ref, where)) for ref in images)
-    record = RLPrompt(
-        id=str(row.get("id", where)),
-        query=prompt.replace(IMAGE_PLACEHOLDER, "").strip(),
-        images=paths,
-        image_refs=tuple(images),
-        ground_truth=answer,
-        is_sufficient=True,
-    )
-    sufficient = row.get("is_sufficient")
-    if not isinstance(sufficient, bool):
-        sufficient = record.gold_answer.lower() != INSUFFICIENT_ANSWER
-    return RLPrompt(record.id, record.query, paths, record.image_refs, answer, sufficient)
-
-
-def load_rl_prompts(path: Path, bad: BadRecords | None = None) -> list[RLPrompt]:
-    """Every valid record of an RL file, its images checked; a bad record raises BadRecordError naming file:line,
-    or is left out and counted in `bad` under the `skip` policy."""
-    bad = bad or BadRecords()
-    prompts = []
-    for where, row in jsonl_rows(path, bad):
-        try:
-            prompt = parse_rl_record(row, path.parent, where)
-            for image in prompt.images:
-                check_image(image, where)
-        except BadRecordError as err:
-            bad.reject(err)
-            continue
-        prompts.append(prompt)
-    return prompts
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,7 @@ def test_zero3_on_two_cpu_ranks_matches_the_single_process_run(tiny_dataset: Pat
     import torch
 
     from evisrag_core.modeling import load_model_and_processor
-    from evisrag_core.predict import Request, Sampling, TransformersBackend
+    from evisrag_core.predict import Decoding, Request, TransformersBackend
     from evisrag_core.sft.train import load_conversations
 
     raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
@@ -122,7 +122,7 @@ def test_zero3_on_two_cpu_ranks_matches_the_single_process_run(tiny_dataset: Pat
     request = Request("q", conversation.user_text, conversation.images, [])
     pixels = (raw["sft"]["image_min_pixels"], raw["sft"]["image_max_pixels"])
     answers = [
-        TransformersBackend(m, processor, Sampling(0.0, 1.0, 1.0, 16), "model_card", pixels).generate([request])[0]
+        TransformersBackend(m, processor, Decoding(0.0, 1.0, 1.0, 16), "model_card", pixels).generate([request])[0]
         for m in (model, ref_model)
     ]
     assert answers[0] and answers[0] == answers[1]

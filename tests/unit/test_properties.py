@@ -9,7 +9,8 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from evisrag_core.bad_records import BadRecords, jsonl_rows
+from evisrag_core.bad_records import BadRecords
+from evisrag_core.io import jsonl_rows
 from evisrag_core.metrics import QuestionScore, aggregate, normalize_answer, score_prediction
 from evisrag_core.parsing import extract_answer, extract_block
 from evisrag_core.rsgrpo.rewards import (
