@@ -7,8 +7,10 @@ evisrag_core/, tasks/ and flows/, with the `__init__.py` of every package on the
 flows/cli.py itself is left out on purpose: it imports every stage's flow lazily, and starting there would make every
 stage depend on every module. Its module-level imports (which every command runs) are added instead.
 
-A dep folder covers the files below it. Runtime configs count too: a stage whose params section has a `profile` or
-a `deepspeed` key (params.yaml) reads configs/profiles/ or configs/deepspeed/.
+Dynamic imports (`importlib.import_module`) cannot be followed, so none may occur in a stage's closure (flows/cli.py
+uses one to pick the stage module, which is why the walk starts below it). A dep folder covers the files below it.
+Runtime configs count too: a stage whose params section has a `profile` or a `deepspeed` key (params.yaml) reads
+configs/profiles/ or configs/deepspeed/.
 """
 
 from __future__ import annotations
@@ -140,6 +142,18 @@ def test_stage_commands_run_their_flow_module() -> None:
         assert any(line in source for line in dispatch), f"flows/cli.py does not run {module} for {stage}"
         assert module_file(module) is not None, f"{stage}: {module} not found"
         assert f"def {stage}_flow(" in module_file(module).read_text()  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_no_dynamic_imports_hide_from_the_walk(stage: str) -> None:
+    """`importlib.import_module(...)` and `__import__` are invisible to a static walk: none in a stage's closure."""
+    dynamic = [
+        f"{path}:{node.lineno}"
+        for path in sorted(closure(*entry_modules(STAGES[stage]["cmd"])))
+        for node in ast.walk(ast.parse((REPO_ROOT / path).read_text(encoding="utf-8")))
+        if isinstance(node, ast.Call) and ast.unparse(node.func) in ("importlib.import_module", "__import__")
+    ]
+    assert not dynamic, f"stage {stage!r}: dynamic imports that the deps check cannot follow: {dynamic}"
 
 
 def test_closure_follows_lazy_and_relative_imports() -> None:
