@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -18,10 +19,10 @@ from tqdm import tqdm
 from evisrag_core import predict as core
 from evisrag_core.bad_records import BadRecords
 from evisrag_core.config import Params, PredictParams
-from evisrag_core.data.schema import TEST_FILE, load_test_split
-from evisrag_core.io import atomic_path
+from evisrag_core.data.schema import TEST_FILE, list_benchmarks, load_test_split
+from evisrag_core.io import atomic_dir, atomic_path, read_jsonl
 from evisrag_core.modeling import load_model_and_processor, require_local_model_dir
-from tasks import TASK_DEFAULTS
+from tasks import TASK_DEFAULTS, tracking
 
 WORK_DIR = Path("work/predict")
 _FULL_HASH_LIMIT = 256 * 1024 * 1024
@@ -44,16 +45,16 @@ def fingerprint(model_dir: Path, test_file: Path, params: PredictParams) -> str:
 
 
 def make_backend(params: PredictParams, model_dir: Path, trust_remote_code: bool) -> core.Backend:
-    sampling, pixels = core.Sampling.from_params(params), (params.min_pixels, params.max_pixels)
+    decoding, pixels = core.Decoding.from_params(params), (params.min_pixels, params.max_pixels)
     core.set_cpu_threads()
     require_local_model_dir(model_dir, "evisrag model / evisrag sft")
     if params.backend == "vllm":
         from transformers import AutoProcessor
 
         processor = AutoProcessor.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
-        return core.VllmBackend(str(model_dir), processor, sampling, params.prompt_template, pixels)
+        return core.VllmBackend(str(model_dir), processor, decoding, params.prompt_template, pixels)
     model, processor = load_model_and_processor(model_dir, trust_remote_code=trust_remote_code)
-    return core.TransformersBackend(model, processor, sampling, params.prompt_template, pixels)
+    return core.TransformersBackend(model, processor, decoding, params.prompt_template, pixels)
 
 
 @task(name="predict-benchmark", **TASK_DEFAULTS)
@@ -84,3 +85,18 @@ def check_replaceable(out_dir: Path) -> Path:
                 "choose an empty or new folder with --out"
             )
     return out_dir
+
+
+def predict_all(params: Params, model_dir: Path, data_dir: Path, out_dir: Path) -> dict[str, dict[str, int]]:
+    """Every benchmark's predictions into `out_dir` (replaced as a whole), a sample of each logged; the work folder
+    of partial files goes once all are written."""
+    backend = make_backend(params.predict, model_dir, params.model.trust_remote_code)
+    counts = {}
+    # All benchmarks' files appear together: a kill never leaves a folder that evaluate would score in part.
+    with atomic_dir(check_replaceable(out_dir)) as staging:
+        for bench in list_benchmarks(data_dir):
+            out_file = staging / f"{bench}.jsonl"
+            counts[bench] = predict_benchmark(params, backend, model_dir, data_dir / "test" / bench, out_file)
+            tracking.log_predictions_sample(bench, read_jsonl(out_file)[: params.tracking.log_predictions_sample])
+    shutil.rmtree(WORK_DIR, ignore_errors=True)
+    return counts

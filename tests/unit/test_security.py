@@ -21,7 +21,9 @@ from evisrag_core.config import Params, load_params, parse_params
 SECRET = "hf_notarealtoken_security_0123456789"
 CODE_DIRS = ("evisrag_core", "tasks", "flows", "scripts", "bench", "tests")
 # torch.load calls that may unpickle: only on a file the same test run has just written, never on an input.
-TRUSTED_PICKLE_LOADS = {"tests/integration/test_sft_deepspeed.py": "a DeepSpeed shard written by the test's own training run"}
+TRUSTED_PICKLE_LOADS = {
+    "tests/integration/test_sft_deepspeed.py": "a DeepSpeed shard written by the test's own training run"
+}
 
 
 def python_files() -> list[Path]:
