@@ -143,7 +143,8 @@ def policy_loss(
     if active == "advantage":
         by_advantage = int(active_components(advantages, span_masks).sum())
         # Mathematically Σ_j L_j / max(by_advantage, 1). The detour through the value count is the exact float
-        # sequence the released models were trained with (rounding of the loss and of its gradient), kept bit for bit.
+        # sequence earlier versions of this pipeline ran (rounding of the loss and of its gradient), kept so that
+        # trained models stay bit-identical across the refactor.
         loss = loss * max(n_active, 1.0) / max(by_advantage, 1)
         n_active = float(by_advantage)
 

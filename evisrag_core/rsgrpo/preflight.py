@@ -74,7 +74,7 @@ def _check_layout(cfg: RSGRPOParams, problems: list[str]) -> tuple[int, int]:
 
 
 def _check_deepspeed(cfg: RSGRPOParams, layout_ok: bool, problems: list[str]) -> dict[str, Any] | None:
-    """The DeepSpeed JSON exactly as rsgrpo_dist fills it for the engine; mismatches and ZeRO-3 are problems."""
+    """The DeepSpeed JSON exactly as rsgrpo.distributed fills it for the engine; mismatches and ZeRO-3 are problems."""
     if not cfg.deepspeed:
         if cfg.num_gpus > 1:
             problems.append("rsgrpo.num_gpus > 1 without rsgrpo.deepspeed: set configs/deepspeed/zero2.json")

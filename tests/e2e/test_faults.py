@@ -10,7 +10,7 @@ process group: the temporary Prefect server goes too) at a seeded random point a
 - an append-only file (step log, prediction partials) gets a line torn by hand, as a kill mid-write leaves it;
 - the rerun of the same command completes and its outputs equal the reference's byte for byte.
 
-Bit-exact resume of RS-GRPO weights under real updates is covered by `tests/test_rsgrpo_loop.py`
+Bit-exact resume of RS-GRPO weights under real updates is covered by `tests/integration/test_rsgrpo_loop.py`
 (`test_a_killed_run_resumes_to_the_same_weights`, a stub reward table gives the updates signal); the reduced real
 rewards here give a random tiny model no advantage, so its weights do not move and this file checks its log, report,
 checkpoints and RNG-driven rollouts instead.
