@@ -22,7 +22,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import flows  # noqa: F401  (sets Prefect's project-local defaults before prefect is imported)
 from evisrag_core.config import DEFAULT_PARAMS, ParamsError, load_params
@@ -62,7 +62,7 @@ def _training_stage(args: argparse.Namespace, stage: str) -> int:
     if launch_rank() > 0:
         worker = importlib.import_module(f"tasks.{stage}").train_on_worker_rank
         worker(load_params(args.params))
-        return 0
+        end_worker_rank()
     return _stage_command(stage)(args)
 
 
@@ -279,6 +279,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         leave_process_group()
+
+
+def end_worker_rank() -> NoReturn:
+    """End a torchrun worker rank (RANK > 0) once its share is trained and written, without the interpreter's exit:
+    left to exit-time teardown, a finished worker rank now and then aborted ("terminate called without an active
+    exception", SIGABRT, after writing its shards; seen in a CI run on 2026-12-06 even with the process group torn
+    down first), and torchrun then fails the whole stage. Every collective is behind it and rank 0 writes every
+    output, so nothing is lost by skipping native destructors."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def leave_process_group() -> None:
