@@ -2,7 +2,8 @@
 
 evisrag download | model | sft | rsgrpo | predict | evaluate | report
                                                   one stage, in pipeline order (the commands dvc.yaml runs)
-evisrag sft | rsgrpo --dry-run                    every hyper-parameter with its source, the plan, the launch command
+evisrag <stage> --dry-run                         every setting of the stage with its source and the command (sft and
+                                                  rsgrpo: also the plan and its torchrun launch command)
 evisrag pipeline [--force] [STAGE ...]            dvc repro under one Prefect flow run and MLflow parent run
 evisrag serve                                     the pipeline as a Prefect deployment (schedule from params.serve)
 evisrag evaluate --data DIR --preds FILE --out F  score any prediction file (also the reference's) directly
@@ -28,9 +29,20 @@ import flows  # noqa: F401  (sets Prefect's project-local defaults before prefec
 from evisrag_core.config import DEFAULT_PARAMS, ParamsError, load_params
 from evisrag_core.io import BadRecordError, DiskFullError
 
+# The params section each stage without a training plan reads (its `--dry-run` shows it).
+STAGE_SECTIONS = {
+    "download": "data",
+    "model": "model",
+    "predict": "predict",
+    "evaluate": "evaluate",
+    "report": "report",
+}
+
 
 def _stage_command(name: str):
     def run(args: argparse.Namespace) -> int:
+        if args.dry_run:
+            return _show_settings(args, name)
         # `evisrag <stage>` runs flows/<stage>.py: tests/unit/test_dvc_deps.py starts each stage's imports there
         flow = getattr(importlib.import_module(f"flows.{name}"), f"{name}_flow")
         flow(params_path=str(args.params))
@@ -71,24 +83,43 @@ def _dry_run(args: argparse.Namespace, stage: str) -> int:
     params file given; exit 2 with the list of problems when the plan is inconsistent."""
     from dataclasses import asdict
 
-    from evisrag_core.config import effective_table, parse_params, read_params_file, section_sources
     from evisrag_core.sft.preflight import PlanError
 
-    raw = read_params_file(args.params)
-    params = parse_params(raw, str(args.params))
+    params, table = _settings_table(args.params, stage)
     preflight = importlib.import_module(f"evisrag_core.{stage}.preflight")
     try:
         plan = preflight.plan_from_params(params, str(args.params))
     except PlanError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(effective_table(stage, getattr(params, stage), section_sources(raw, stage), str(args.params)))
+    print(table)
     print(f"\nplan:\n{json.dumps(asdict(plan), indent=2, default=str)}")
     print(f"\nlaunch with:\n  {plan.launch_command}")
     return 0
 
 
+def _show_settings(args: argparse.Namespace, stage: str) -> int:
+    """`evisrag <stage> --dry-run` for a stage without a training plan: every value of the params section it reads,
+    with its source, and the command that runs it with the params file given."""
+    _, table = _settings_table(args.params, STAGE_SECTIONS[stage])
+    print(table)
+    print(f"\nrun with:\n  evisrag --params {args.params} {stage}")
+    return 0
+
+
+def _settings_table(params_file: Path, section: str) -> tuple[Any, str]:
+    """The validated params and the table of `section`'s effective values with their sources."""
+    from evisrag_core.config import effective_table, parse_params, read_params_file, section_sources
+
+    raw = read_params_file(params_file)
+    params = parse_params(raw, str(params_file))
+    cfg = getattr(params, section)
+    return params, effective_table(section, cfg, section_sources(raw, section), str(params_file))
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        return _show_settings(args, "predict")
     from flows.predict import predict_flow
 
     predict_flow(params_path=str(args.params), model_dir=args.model, data_dir=args.data, out_dir=args.out)
@@ -96,6 +127,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        return _show_settings(args, "evaluate")
     if args.preds and Path(args.preds).is_file():
         return _evaluate_file(args)
     from flows.evaluate import evaluate_flow
@@ -199,6 +232,9 @@ def format_metrics(metrics: dict[str, Any]) -> str:
         return table.to_string(na_rep="n/a")
 
 
+SHOW_SETTINGS = "print every setting the stage reads, with its source, and the command; run nothing"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="evisrag", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: params.yaml)")
@@ -206,7 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     for name, text in [("download", "write the dataset (embedded, hub or local)"), ("model", "write the base model")]:
-        sub.add_parser(name, help=text).set_defaults(func=_stage_command(name))
+        stage = sub.add_parser(name, help=text)
+        stage.add_argument("--dry-run", action="store_true", help=SHOW_SETTINGS)
+        stage.set_defaults(func=_stage_command(name))
 
     sft = sub.add_parser("sft", help="supervised fine-tuning on the evidence conversations (resumes after a kill)")
     sft.add_argument("--dry-run", action="store_true", help="check the config, print the plan and launch command")
@@ -220,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", help="model folder or hub id (default: predict.model_dir)")
     predict.add_argument("--data", help="dataset folder (default: data.out_dir)")
     predict.add_argument("--out", help="output folder (default: predict.out_dir)")
+    predict.add_argument("--dry-run", action="store_true", help=SHOW_SETTINGS)
     predict.set_defaults(func=cmd_predict)
 
     evaluate = sub.add_parser("evaluate", help="score predictions (EM / Accuracy / F1)")
@@ -227,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--preds", help="predictions folder (<B>.jsonl per benchmark) or one prediction file")
     evaluate.add_argument("--out", help="metrics file to write (default: evaluate.metrics_file)")
     evaluate.add_argument("--allow-missing", action="store_true", help="score questions without prediction as empty")
+    evaluate.add_argument("--dry-run", action="store_true", help=SHOW_SETTINGS)
     evaluate.set_defaults(func=cmd_evaluate)
 
     answer = sub.add_parser("answer", help="answer one question over images with the tagged evidence format")
@@ -237,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     answer.set_defaults(func=cmd_answer)
 
     report = sub.add_parser("report", help="write the run report (metrics, training curves, example predictions)")
+    report.add_argument("--dry-run", action="store_true", help=SHOW_SETTINGS)
     report.set_defaults(func=_stage_command("report"))
 
     pipeline = sub.add_parser("pipeline", help="run `dvc repro` as one Prefect flow with an MLflow parent run")

@@ -19,7 +19,7 @@ from evisrag_core.config.sections import (
     ServeParams,
     TrackingParams,
 )
-from evisrag_core.config.training import ProfiledSection, RSGRPOParams, SFTParams
+from evisrag_core.config.training import RSGRPOParams, SFTParams
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -104,9 +104,10 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
 
 
 def section_sources(raw: dict[str, Any], section: str) -> dict[str, str]:
-    """Where each key of a profiled `section` (sft, rsgrpo) gets its value, for the dry-run's table."""
+    """Where each key of `section` gets its value, for the dry-run's table: `params file`, `profile <name>` (only
+    in the sections a profile can overlay: sft, rsgrpo) or `default`."""
     model = Params.model_fields[section].annotation
-    if not (isinstance(model, type) and issubclass(model, ProfiledSection)):
-        raise ValueError(f"{section} is not a section a profile can overlay")
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        raise ValueError(f"{section} is not a section of the params file")
     values = raw.get(section)
     return value_sources(model, values if isinstance(values, dict) else {}, section)

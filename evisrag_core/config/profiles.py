@@ -6,15 +6,15 @@ The rule, one for every profiled section: **a key you set wins over the profile.
 its value in the params file differs from the code default. params.yaml lists every key with its default value, so
 the presence of a key cannot mean a choice (else a profile would never apply): `dvc exp run -S rsgrpo.profile=paper`
 on the repository's params.yaml gets every value of the profile, and `rsgrpo.learning_rate: 2.0e-6` beside
-`profile: paper` trains at 2e-6. A key written with its default value (e.g. `rsgrpo.n: 8`) is not a choice and takes
-the profile's value. `evisrag sft|rsgrpo --dry-run` prints every effective value with its source: `params file`
-(your value), `profile <name>`, or `default` (the code default, whether or not the file repeats it).
+`profile: paper` trains at 2e-6. A key written with its default value (e.g. `rsgrpo.learning_rate: 5.0e-5`) is not
+a choice and takes the profile's value. `evisrag <stage> --dry-run` prints every effective value with its source:
+`params file` (your value), `profile <name>`, or `default` (the code default, whether or not the file repeats it).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -122,7 +122,7 @@ def _shown(value: object) -> str:
 
 def effective_table(section: str, cfg: BaseModel, sources: Mapping[str, str], params_file: str) -> str:
     """One row per key of the validated section `cfg` read from `params_file`: key, effective value, source."""
-    rows = [(key, _shown(getattr(cfg, key)), sources[key]) for key in type(cfg).model_fields]
+    rows = list(_rows(cfg, sources))
     key_width = max(len("key"), *(len(key) for key, _, _ in rows))
     value_width = max(len("value"), *(len(value) for _, value, _ in rows))
     lines = [
@@ -131,3 +131,23 @@ def effective_table(section: str, cfg: BaseModel, sources: Mapping[str, str], pa
     ]
     lines += [f"  {key:<{key_width}}  {value:<{value_width}}  {source}" for key, value, source in rows]
     return "\n".join(lines)
+
+
+def _rows(cfg: BaseModel, sources: Mapping[str, str], prefix: str = "") -> Iterator[tuple[str, str, str]]:
+    """(dotted key, shown value, source) of every leaf of `cfg`. A nested section (data.embedded, model.tiny) has no
+    profile, so each of its keys comes from the params file exactly when it differs from its default."""
+    for key in type(cfg).model_fields:
+        value = getattr(cfg, key)
+        if isinstance(value, BaseModel):
+            yield from _rows(value, _nested_sources(value), f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", _shown(value), sources[key]
+
+
+def _nested_sources(section: BaseModel) -> dict[str, str]:
+    """`params file` for each key of a nested section that differs from its default, else `default`."""
+    fields = type(section).model_fields
+    defaults = {name: field.get_default(call_default_factory=True) for name, field in fields.items()}
+    return {
+        name: SOURCE_FILE if getattr(section, name) != default else SOURCE_DEFAULT for name, default in defaults.items()
+    }

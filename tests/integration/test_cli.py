@@ -186,3 +186,36 @@ def test_sft_dry_run_shows_each_value_with_its_source_and_launches_with_the_give
     assert rows["learning_rate"] == ["5.0e-07", "profile", "paper"]
     assert rows["out_dir"] == ["models/sft", "default"]
     assert out.rstrip().endswith(f"torchrun --nproc_per_node=8 -m flows.cli --params {params} sft")
+
+
+@pytest.mark.parametrize(
+    ("stage", "section", "changed", "shown"),
+    [
+        ("download", "data", {"embedded": {"n_sft": 10}}, ("embedded.n_sft", "10")),
+        ("model", "model", {"out_dir": "models/other"}, ("out_dir", "models/other")),
+        ("predict", "predict", {"temperature": 0.5}, ("temperature", "0.5")),
+        ("evaluate", "evaluate", {"on_bad_record": "skip"}, ("on_bad_record", "skip")),
+        ("report", "report", {"out_dir": "reports/other"}, ("out_dir", "reports/other")),
+    ],
+)
+def test_stage_dry_run_shows_its_section_with_sources_and_runs_nothing(
+    stage: str,
+    section: str,
+    changed: dict[str, Any],
+    shown: tuple[str, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    params = write_params(tmp_path / "exp.yaml", {section: changed})
+    assert main(["--params", str(params), stage, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    table, command = out.split("\nrun with:\n")
+    assert table.startswith(f"{section}: every hyper-parameter in effect, read from {params}")
+    rows = {line.split()[0]: " ".join(line.split()[1:]) for line in table.strip().splitlines()[2:]}
+    key, value = shown
+    assert rows[key] == f"{value} params file"
+    assert all(source.endswith("default") for name, source in rows.items() if name != key)
+    assert command.strip() == f"evisrag --params {params} {stage}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp.yaml"]  # nothing ran: no data, model or Prefect files
