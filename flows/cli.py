@@ -29,6 +29,8 @@ import flows  # noqa: F401  (sets Prefect's project-local defaults before prefec
 from evisrag_core.config import DEFAULT_PARAMS, ParamsError, load_params
 from evisrag_core.io import BadRecordError, DiskFullError
 
+# The commands that run pipeline stages: their params file is validated before anything starts.
+PIPELINE_COMMANDS = ("download", "model", "sft", "rsgrpo", "predict", "evaluate", "report", "pipeline")
 # The params section each stage without a training plan reads (its `--dry-run` shows it).
 STAGE_SECTIONS = {
     "download": "data",
@@ -314,6 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     for chatty in ("httpx", "httpcore", "alembic", "urllib3"):
         logging.getLogger(chatty).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
+        if args.command in PIPELINE_COMMANDS:
+            # A bad params file is one message and exit 2 here, before a Prefect flow run (and its traceback log)
+            load_params(args.params)
         return args.func(args)
     except (ParamsError, BadRecordError, FileNotFoundError, DiskFullError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -219,3 +219,17 @@ def test_stage_dry_run_shows_its_section_with_sources_and_runs_nothing(
     assert all(source.endswith("default") for name, source in rows.items() if name != key)
     assert command.strip() == f"evisrag --params {params} {stage}"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exp.yaml"]  # nothing ran: no data, model or Prefect files
+
+
+@pytest.mark.parametrize("command", ["download", "sft", "predict", "pipeline"])
+def test_a_bad_params_file_stops_a_stage_before_prefect_with_one_message(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    params = write_params(tmp_path / "exp.yaml", {"predict": {"temprature": 0.5}})
+    assert main(["--params", str(params), command]) == 2
+    captured = capsys.readouterr()
+    first, *problems = captured.err.splitlines()  # one message: the file, then one line per problem
+    assert first.startswith(f"error: {params}") and all(line.startswith("  - ") for line in problems)
+    assert "temprature" in captured.err and captured.out == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp.yaml"]  # no flow run, no data
