@@ -163,8 +163,7 @@ def trl_steps(cfg: RSGRPOParams, rl_file: Path, seed: int, warmup: int, steps: i
     from transformers import TrainerCallback, set_seed
     from trl import GRPOConfig, GRPOTrainer
 
-    from evisrag_core.modeling import load_model_and_processor
-    from evisrag_core.sft.train import freeze_vision_tower
+    from evisrag_core.modeling import freeze_vision_tower, load_model_and_processor
 
     set_seed(seed)
     model, processor = load_model_and_processor(cfg.model_dir, dtype=torch.float32)

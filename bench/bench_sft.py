@@ -224,8 +224,8 @@ def make_trl_trainer(cfg: SFTParams, sft_file: Path, seed: int, template_path: s
     from transformers import set_seed
     from trl import SFTTrainer
 
-    from evisrag_core.modeling import load_model_and_processor
-    from evisrag_core.sft.train import freeze_vision_tower, training_arguments
+    from evisrag_core.modeling import freeze_vision_tower, load_model_and_processor
+    from evisrag_core.sft.train import training_arguments
 
     # The same preparation as train_sft: seed, fp32 load, right padding, train mode, vision tower per params.yaml.
     set_seed(seed)
@@ -313,8 +313,8 @@ def components(sft_file: Path, model_dir: Path, work: Path, reps: int) -> dict[s
     import torch
     from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
-    from evisrag_core.modeling import load_model_and_processor
-    from evisrag_core.sft.train import SFTCollator, freeze_vision_tower, load_conversations
+    from evisrag_core.modeling import freeze_vision_tower, load_model_and_processor
+    from evisrag_core.sft.train import SFTCollator, load_conversations
 
     run_dir = work / "runs" / "components"
     cfg, seed = run_config(model_dir, run_dir, 1)

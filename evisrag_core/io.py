@@ -232,3 +232,11 @@ class StepLog:
         rows = [row for row in self._rows() if all(key in row for key in required)]
         shared = set.intersection(*(set(row) for row in rows)) if rows else set()
         write_json_atomic(dest, [{key: value for key, value in row.items() if key in shared} for row in rows])
+
+
+def count_rows(path: Path) -> int | None:
+    """Non-blank lines of a JSONL file; None when the file is not there yet (a dry-run then skips its checks)."""
+    if not path.is_file():
+        return None
+    with path.open(encoding="utf-8") as handle:
+        return sum(1 for line in handle if line.strip())

@@ -283,3 +283,21 @@ def download_model(name_or_path: str, out_dir: str | Path, revision: str | None 
     allow = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "tokenizer*"]
     path = snapshot_download(repo_id=name_or_path, revision=revision, local_dir=str(out_dir), allow_patterns=allow)
     return Path(path)
+
+
+def freeze_vision_tower(model: torch.nn.Module) -> int:
+    """Freeze the ViT and its patch merger (the reference trains only the language model); returns #frozen."""
+    visual = model.model.visual if hasattr(model, "model") and hasattr(model.model, "visual") else model.visual
+    frozen = 0
+    for parameter in visual.parameters():
+        parameter.requires_grad_(False)
+        frozen += parameter.numel()
+    return frozen
+
+
+def use_bf16(setting: str) -> bool:
+    if setting == "on":
+        return True
+    if setting == "off":
+        return False
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()

@@ -85,7 +85,7 @@ def _dry_run(args: argparse.Namespace, stage: str) -> int:
     params file given; exit 2 with the list of problems when the plan is inconsistent."""
     from dataclasses import asdict
 
-    from evisrag_core.sft.preflight import PlanError
+    from evisrag_core.config import PlanError
 
     params, table = _settings_table(args.params, stage)
     preflight = importlib.import_module(f"evisrag_core.{stage}.preflight")

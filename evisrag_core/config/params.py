@@ -41,6 +41,11 @@ class ParamsError(ValueError):
     """The params file is invalid; the message names the key, what is wrong, and the valid keys."""
 
 
+class PlanError(ValueError):
+    """A valid configuration would fail or silently do something else at run time (a stage's preflight found it);
+    the message lists every problem."""
+
+
 def _valid_keys(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[str]:
     for part in loc[:-1]:
         field = model.model_fields.get(str(part))

@@ -70,21 +70,21 @@ def micro_batch_size(cfg: RSGRPOParams, world: int) -> int:
 
 
 def check_layout(cfg: RSGRPOParams, world: int) -> list[str]:
-    """Why `cfg` cannot be split over `world` ranks (empty when it can)."""
-    problems = []
+    """Why `cfg` cannot be split over `world` ranks (empty when it can); the dry-run and the launch both ask."""
     if cfg.rollout_batch_size % world:
-        problems.append(
+        return [
             f"rsgrpo.rollout_batch_size={cfg.rollout_batch_size} is not divisible by the {world} ranks: each rank "
-            "rolls out whole prompt groups, the same number on every rank"
-        )
-        return problems
-    share = cfg.rollout_batch_size * cfg.n // world
-    if cfg.micro_batch_size and share % cfg.micro_batch_size:
-        problems.append(
-            f"rsgrpo.micro_batch_size={cfg.micro_batch_size} does not divide a rank's {share} responses "
-            f"(rollout_batch_size × n / ranks): every rank must run the same number of micro-batches"
-        )
-    return problems
+            "rolls out whole prompt groups (group advantages must not be split), the same number on every rank"
+        ]
+    share, micro = cfg.rollout_batch_size * cfg.n // world, micro_batch_size(cfg, world)
+    if micro > share:
+        return [f"rsgrpo.micro_batch_size={micro} exceeds a rank's {share} responses (rollout_batch_size × n / ranks)"]
+    if share % micro:
+        return [
+            f"rsgrpo.micro_batch_size={micro} does not divide a rank's {share} responses (rollout_batch_size × n / "
+            "ranks): every rank must run the same number of micro-batches"
+        ]
+    return []
 
 
 def deepspeed_config(cfg: RSGRPOParams, world: int, bf16: bool) -> dict[str, Any]:

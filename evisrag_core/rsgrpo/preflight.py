@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evisrag_core.config import DEFAULT_PARAMS, MERGED_PATCH_PIXELS, Params, RSGRPOParams
+from evisrag_core.config import DEFAULT_PARAMS, MERGED_PATCH_PIXELS, Params, PlanError, RSGRPOParams
 from evisrag_core.data.schema import RL_FILE
-from evisrag_core.rsgrpo.distributed import deepspeed_config
+from evisrag_core.io import count_rows
+from evisrag_core.rsgrpo.distributed import check_layout, deepspeed_config, micro_batch_size
 from evisrag_core.rsgrpo.rollout import vllm_engine_args
-from evisrag_core.sft.preflight import PlanError, count_rows
 
 __all__ = ["PlanError", "RSGRPOPlan", "launch_command", "plan_from_params", "plan_rsgrpo"]
 
@@ -49,28 +49,6 @@ def launch_command(cfg: RSGRPOParams, params_file: str = str(DEFAULT_PARAMS)) ->
     return shlex.join(
         ["torchrun", f"--nproc_per_node={cfg.num_gpus}", "-m", "flows.cli", "--params", params_file, "rsgrpo"]
     )
-
-
-def _check_layout(cfg: RSGRPOParams, problems: list[str]) -> tuple[int, int]:
-    """(responses per rank, micro-batch) of the split, appending why it does not split evenly."""
-    world, batch = cfg.num_gpus, cfg.rollout_batch_size * cfg.n
-    if cfg.rollout_batch_size % world:
-        problems.append(
-            f"rsgrpo.rollout_batch_size={cfg.rollout_batch_size} is not divisible by rsgrpo.num_gpus={world}: each "
-            "rank rolls out whole prompt groups (group advantages must not be split), the same number on every rank"
-        )
-    per_rank = batch // world
-    micro = cfg.micro_batch_size or per_rank
-    if micro > per_rank:
-        problems.append(
-            f"rsgrpo.micro_batch_size={micro} exceeds a rank's {per_rank} responses (rollout_batch_size × n / ranks)"
-        )
-    elif per_rank % micro:
-        problems.append(
-            f"rsgrpo.micro_batch_size={micro} does not divide a rank's {per_rank} responses (rollout_batch_size × n "
-            "/ ranks): every rank must run the same number of micro-batches"
-        )
-    return per_rank, micro
 
 
 def _check_deepspeed(cfg: RSGRPOParams, layout_ok: bool, problems: list[str]) -> dict[str, Any] | None:
@@ -173,7 +151,9 @@ def plan_rsgrpo(
     validation prompts are not held out of rl.jsonl; produced_dirs: model folders earlier stages write; params_file:
     what the launch command passes as `--params`."""
     problems: list[str] = []
-    per_rank, micro = _check_layout(cfg, problems)
+    problems.extend(check_layout(cfg, cfg.num_gpus))
+    per_rank = cfg.rollout_batch_size * cfg.n // cfg.num_gpus
+    micro = micro_batch_size(cfg, cfg.num_gpus)
     ds = _check_deepspeed(cfg, not problems, problems)
     _check_update(cfg, problems)
     _check_lengths(cfg, images_per_prompt, problems)

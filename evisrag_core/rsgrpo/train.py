@@ -54,8 +54,7 @@ def build_run(
     """Load the policy (from the latest checkpoint when there is one), the optimizer and the prompts."""
     from transformers import set_seed
 
-    from evisrag_core.modeling import load_model_and_processor
-    from evisrag_core.sft.train import freeze_vision_tower, use_bf16
+    from evisrag_core.modeling import freeze_vision_tower, load_model_and_processor, use_bf16
 
     set_seed(seed)
     checkpoint = resumable_checkpoint(cfg, rl_file, seed)

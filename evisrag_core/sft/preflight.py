@@ -14,14 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evisrag_core.config import DEFAULT_PARAMS, MERGED_PATCH_PIXELS, Params, SFTParams
+from evisrag_core.config import DEFAULT_PARAMS, MERGED_PATCH_PIXELS, Params, PlanError, SFTParams
 from evisrag_core.data.schema import SFT_FILE
+from evisrag_core.io import count_rows
 
 MAX_IMAGES = 5
-
-
-class PlanError(ValueError):
-    """The configuration would fail or silently do something else; the message lists every problem."""
 
 
 @dataclass
@@ -124,14 +121,6 @@ def plan_sft(
         notes.append(f"DeepSpeed ZeRO-{ds['zero_optimization']['stage']} from {cfg.deepspeed}")
     launch = launch_command(cfg, params_file)
     return SFTPlan(cfg.num_gpus, global_batch, steps, ds, _training_arguments(cfg, seed), launch, notes)
-
-
-def count_rows(path: Path) -> int | None:
-    """Non-blank lines of a JSONL file; None when the file is not there yet (the dry-run then skips its checks)."""
-    if not path.is_file():
-        return None
-    with path.open(encoding="utf-8") as handle:
-        return sum(1 for line in handle if line.strip())
 
 
 def plan_from_params(params: Params, params_file: str) -> SFTPlan:

@@ -28,26 +28,10 @@ from evisrag_core.sft.data import SFTCollator
 log = logging.getLogger(__name__)
 
 
-def freeze_vision_tower(model: torch.nn.Module) -> int:
-    """Freeze the ViT and its patch merger (the reference trains only the language model); returns #frozen."""
-    visual = model.model.visual if hasattr(model, "model") and hasattr(model.model, "visual") else model.visual
-    frozen = 0
-    for parameter in visual.parameters():
-        parameter.requires_grad_(False)
-        frozen += parameter.numel()
-    return frozen
-
-
-def use_bf16(setting: str) -> bool:
-    if setting == "on":
-        return True
-    if setting == "off":
-        return False
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-
-
 def training_arguments(cfg: SFTParams, seed: int) -> Any:
     from transformers import TrainingArguments
+
+    from evisrag_core.modeling import use_bf16
 
     return TrainingArguments(
         output_dir=cfg.checkpoint_dir,
@@ -130,7 +114,7 @@ def train_sft(
     save the final model and processor to `cfg.out_dir`. Returns the training summary."""
     from transformers import TrainerCallback, set_seed
 
-    from evisrag_core.modeling import load_model_and_processor, require_local_model_dir
+    from evisrag_core.modeling import freeze_vision_tower, load_model_and_processor, require_local_model_dir
 
     set_seed(seed)
     require_local_model_dir(cfg.model_dir, "evisrag model")

@@ -79,7 +79,7 @@ def test_the_code_defaults_alone_pass_their_own_dry_run() -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"rollout_batch_size": 30}, r"rollout_batch_size=30 is not divisible by rsgrpo\.num_gpus=8"),
+        ({"rollout_batch_size": 30}, r"rollout_batch_size=30 is not divisible by the 8 ranks"),
         ({"micro_batch_size": 3}, r"micro_batch_size=3 does not divide a rank's 32 responses"),
         ({"micro_batch_size": 64}, r"micro_batch_size=64 exceeds a rank's 32 responses"),
         ({"n": 1}, r"rsgrpo\.n=1: the group std"),
@@ -152,7 +152,7 @@ def test_the_cli_dry_run_prints_every_value_with_its_source_the_plan_and_exits_2
     params.write_text(yaml.safe_dump(raw))
     done = _dry_run(params)
     assert done.returncode == 2 and not done.stdout
-    assert "rollout_batch_size=3 is not divisible by rsgrpo.num_gpus=2" in done.stderr
+    assert "rollout_batch_size=3 is not divisible by the 2 ranks" in done.stderr
 
 
 @pytest.mark.parametrize(("text", "message"), [("", "is empty"), ("[1, 2]\n", "expected a mapping")])
