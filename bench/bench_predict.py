@@ -8,7 +8,7 @@ greedy decoding settings from params.yaml's `predict` section (repetition penalt
 per batch), as the predict stage runs it; the peer is the same backend called with one question at a time, which is
 what a plain per-question transformers loop does. Both are timed in the same process, alternating, and the generated
 tokens are counted by re-tokenising each answer. vLLM is measured only when it imports (it does not run Qwen2.5-VL
-on this CPU machine; see ../shared/README.md), otherwise the result says it was not measured.
+on this CPU machine; see docs/scaling.md), otherwise the result says it was not measured.
 """
 
 from __future__ import annotations

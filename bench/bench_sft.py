@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_sft.py [--steps N --warmup W --rounds R --out bench/results]
 
-(a) ours: `evisrag_core.sft.train_sft`, i.e. transformers' `Trainer` + `SFTCollator` (labels on the answer and its
+(a) ours: `evisrag_core.sft.train.train_sft`, i.e. transformers' `Trainer` + `SFTCollator` (labels on the answer and its
     `<|im_end|>` only).
 (b) TRL:  `trl.SFTTrainer` on a dataset in TRL's conversational VLM format (`messages` with `{"type": "image"}`
     placeholders + an `images` column), the same processor, `assistant_only_loss=True` with TRL's own Qwen2.5-VL

@@ -2,7 +2,7 @@
 
 Two named templates:
 - `model_card` (default): the text of `evidence_promot_grpo` as printed on the EVisRAG-7B model card
-  (`../shared/seed/evisrag_model_card.txt`), character for character. That copy has no blank lines between steps.
+  (the project's seed copy of the card), character for character. That copy has no blank lines between steps.
 - `repository`: the text in the reference repository's `src/evisrag/prompt.py`. It differs from the card in one
   sentence ("few evidences" / "instruction" instead of "little evidence" / "instructions") and separates the steps
   with blank lines.

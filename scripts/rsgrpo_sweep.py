@@ -20,7 +20,7 @@ import yaml
 
 from evisrag_core.config import parse_params
 from evisrag_core.data.schema import RL_FILE, RL_VAL_FILE
-from evisrag_core.rsgrpo import train as rsgrpo_loop
+from evisrag_core.rsgrpo import train as rsgrpo_train
 from evisrag_core.rsgrpo.prompt_stream import split_prompts
 
 
@@ -84,7 +84,7 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
 
-    rsgrpo_loop.train_rsgrpo(params.rsgrpo, rl_file, seed, on_step=on_step)
+    rsgrpo_train.train_rsgrpo(params.rsgrpo, rl_file, seed, on_step=on_step)
     out.mkdir(parents=True, exist_ok=True)
     (out / "val.json").write_text(json.dumps(rows, indent=1))
 

@@ -12,7 +12,7 @@ So the model must look at every image, find the one that holds the evidence (the
 feature from it. An insufficient question comes with plain images only: no image holds a square, the answer is
 "insufficient to answer" and every evidence line is "no relevant information".
 
-Why relevance is visual here: a probe on this machine (../shared/README.md) found colours learnt quickly by a
+Why relevance is visual here: a probe on a 2-core CPU machine (docs/data.md) found colours learnt quickly by a
 1 M-parameter Qwen2.5-VL and shapes not. A first version of this generator named the relevant image's colour in the
 question (find "the square on the blue background"); the tiny model learnt to read every colour and to restate the
 question, but not to test "this image's colour equals the asked colour" inside a 2-layer model within the 5-minute

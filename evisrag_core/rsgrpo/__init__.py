@@ -32,14 +32,14 @@ skips it).
 Log-probabilities are those of the sampling distribution: logits divided by the rollout temperature, as in the
 reference. Vision placeholder tokens are never sampled (`rollout.vision_token_ids`).
 
-Map of the package (an audit reads the first four, in this order):
+Map of the package (an audit reads the first five, in this order):
 
     step.py           steps 1-7 top to bottom in one process: train_step, collect_groups, spans_and_advantages,
                       accumulate_gradients, LocalUpdate
+    state.py          Run, Rewards (overall + components by name), Batch, the UpdateStrategy interface
     rewards.py        step 2: score(response, ground_truth, response_length), the six components and weights
     spans.py          step 4: component_span_masks, the token span of each component
-    objective.py      steps 3, 5, 6: filter_groups, group_advantages, span_share, policy_loss, low_var_kl
-    state.py          Run, Rewards (overall + components by name), Batch, the UpdateStrategy interface
+    objective.py      steps 3, 5, 6: filter_groups, group_advantages, span_share, policy_loss, kl_penalty
     prompt_stream.py  which prompts come next (epochs reshuffled by seed), the train/validation split
     rollout.py        step 1: prompt encoding and sampling (TransformersRollout, VllmRollout)
     fast_decode.py    the shared-prefix sampler behind TransformersRollout (one prefill per prompt)

@@ -1,12 +1,12 @@
 """RS-GRPO maths (spec §5): group advantages per reward component, scoped to spans, and the clipped policy loss.
 
-Notation (shapes in brackets): B responses, n reward components, T response tokens.
+Notation (shapes in brackets): B responses, n_c reward components, T response tokens.
 
-    R        [B, n]     component rewards of each response (`evisrag_core.rsgrpo.rewards.score`, weighted)
-    g(i)                the group of response i: the n rollouts of the same prompt
-    A        [B, n]     A[i, j] = (R[i, j] - mean_{k∈g(i)} R[k, j]) / (std_{k∈g(i)} R[k, j] + eps)   (Bessel's std)
-    span     [B, n, T]  span[i, j, t] = 1 when token t of response i belongs to component j (`rsgrpo.spans`)
-    ratio    [B, T]     ρ = exp(log π_θ(y_t) - log π_old(y_t))
+    R        [B, n_c]     component rewards of each response (`evisrag_core.rsgrpo.rewards.score`, weighted)
+    g(i)                  the group of response i: the `rsgrpo.n` rollouts of the same prompt
+    A        [B, n_c]     A[i, j] = (R[i, j] - mean_{k∈g(i)} R[k, j]) / (std_{k∈g(i)} R[k, j] + eps)   (Bessel's std)
+    span     [B, n_c, T]  span[i, j, t] = 1 when token t of response i belongs to component j (`rsgrpo.spans`)
+    ratio    [B, T]       ρ = exp(log π_θ(y_t) - log π_old(y_t))
 
 Per component j, with clipped ratio ρ̄ = clip(ρ, 1 - ε_low, 1 + ε_high) and dual clip c (Ye et al. 2020):
 
@@ -170,6 +170,14 @@ def low_var_kl(log_probs: torch.Tensor, ref_log_probs: torch.Tensor) -> torch.Te
     """
     x = (ref_log_probs.float() - log_probs.float()).clamp(-20.0, 20.0)
     return (torch.exp(x) - x - 1.0).clamp(-10.0, 10.0)
+
+
+def kl_penalty(
+    log_probs: torch.Tensor, ref_log_probs: torch.Tensor, mask: torch.Tensor, response_tokens: torch.Tensor
+) -> torch.Tensor:
+    """The KL term of L for one micro-batch: Σ_{i,t} mask · k3 / (response tokens of the whole batch), so the
+    micro-batches' terms add up to the token mean over the batch. (b, T), (b, T), (b, T), () → ()."""
+    return (low_var_kl(log_probs, ref_log_probs) * mask).sum() / response_tokens
 
 
 def filter_groups(

@@ -15,7 +15,7 @@ Tokenisation context. As in the reference, a tag's ids are `tokenizer.encode(tag
 bare tag, with nothing before or after it. A byte-level BPE cuts text into pre-tokens first, and the characters
 around a tag can join its "<" or ">" into another pre-token; when the vocabulary has merged that pre-token's bytes
 (a large vocabulary usually has), the bare ids do not occur in the response and the boundary silently falls back to
-start/end. Measured on a trained BPE in tests/test_spans.py:
+start/end. Measured on a trained BPE in tests/unit/test_spans.py:
   - any split: a space before the tag (" <think>"), punctuation before it ("</evidence><think>") or punctuation
     after it ("<evidence>[1]: …" gives ">[");
   - Qwen2's split only: a newline after the tag ("<think>\n" gives ">\n") or a letter after it ("<think>Image" gives

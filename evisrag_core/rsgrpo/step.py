@@ -28,7 +28,7 @@ from evisrag_core.rsgrpo.objective import (
     entropy_from_logits,
     filter_groups,
     group_advantages,
-    low_var_kl,
+    kl_penalty,
     policy_loss,
     span_share,
 )
@@ -93,8 +93,9 @@ def collect_groups(run: Run) -> tuple[list[Group], Rewards, dict[str, float]]:
         groups, rewards = rollout_and_score(run, sampling)  # P groups
         overall = torch.cat([r.overall for r in rewards])  # (P·n,)
         keep = filter_groups(overall, group_ids(groups), cfg.filter_low, cfg.filter_high)  # (P·n,)
-        for g, (group, reward) in enumerate(zip(groups, rewards, strict=True)):
-            if keep[g * cfg.n] or not cfg.online_filtering:
+        group_kept = keep[:: cfg.n]  # (P,) a group is kept or dropped whole
+        for group, reward, kept_group in zip(groups, rewards, group_kept, strict=True):
+            if kept_group or not cfg.online_filtering:
                 kept.append(group)
                 kept_rewards.append(reward)
         sampled.extend(rewards)
@@ -173,7 +174,7 @@ def accumulate_gradients(
         if run.reference is not None:
             with torch.no_grad():
                 ref_log_probs, _ = response_log_probs(run.reference, inputs, response_ids, cfg.temperature)
-            kl = (low_var_kl(log_probs, ref_log_probs) * mask).sum() / response_tokens  # token mean over the batch
+            kl = kl_penalty(log_probs, ref_log_probs, mask, response_tokens)
             loss = loss + cfg.kl_coef * kl
             totals["kl"] += float(kl.detach())
         backward(loss)

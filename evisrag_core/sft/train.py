@@ -58,7 +58,7 @@ def training_arguments(cfg: SFTParams, seed: int) -> Any:
         dataloader_num_workers=0,
         deepspeed=cfg.deepspeed,
         # CPU-only with sft.deepspeed under torchrun: accelerate joins the ranks over gloo and the Trainer still hands
-        # the model to DeepSpeed, which runs on its CPU accelerator (tests/test_sft_deepspeed.py).
+        # the model to DeepSpeed, which runs on its CPU accelerator (tests/integration/test_sft_deepspeed.py).
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=False,
     )

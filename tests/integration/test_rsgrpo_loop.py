@@ -96,7 +96,7 @@ def test_cut_at_end_of_turn_keeps_the_end_token_and_pads_right():
 
 def test_rollouts_are_n_per_prompt_and_the_update_scores_what_was_sampled(tiny_model, rl_file: Path):
     """The rebuilt `prompt ⧺ response` input gives the log-probs `generate` sampled from, token for token (the
-    shared-prefix decoder's counterpart is in tests/test_decoding.py)."""
+    shared-prefix decoder's counterpart is in tests/integration/test_decoding.py)."""
     from evisrag_core.rsgrpo.rollout import (
         PromptEncoder,
         Sampling,

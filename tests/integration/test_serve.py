@@ -1,7 +1,7 @@
 """`evisrag serve`: the deployment params.serve describes, its refusal without a server, and stage retries.
 
 The deployment's run on a real Prefect server (scheduled from the UI's point of view, triggered with
-`prefect deployment run`) is exercised in tests/test_ui_browser.py.
+`prefect deployment run`) is exercised in tests/e2e/test_ui_browser.py.
 """
 
 from __future__ import annotations

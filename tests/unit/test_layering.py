@@ -1,4 +1,4 @@
-"""Who may import whom (HOUSE_STYLE.md): arrows point down only, flows → tasks → evisrag_core.
+"""Who may import whom (docs/testing.md, README's Layout): arrows point down only, flows → tasks → evisrag_core.
 
 evisrag_core is the plain library: it never imports prefect, dvc or mlflow (nothing in it knows it is
 orchestrated). tasks never import flows. Every `import` statement counts, those inside functions too.

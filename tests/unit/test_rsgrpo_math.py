@@ -12,6 +12,7 @@ from evisrag_core.rsgrpo.objective import (
     entropy_from_logits,
     filter_groups,
     group_advantages,
+    kl_penalty,
     low_var_kl,
     policy_loss,
     span_share,
@@ -302,3 +303,14 @@ def test_entropy_from_logits() -> None:
     logits = torch.tensor([[1.0, 2.0, 0.5, -1.0]])
     probs = torch.softmax(logits, dim=-1)
     assert entropy_from_logits(logits).item() == pytest.approx(-(probs * probs.log()).sum().item(), rel=1e-6)
+
+
+def test_kl_penalty_of_the_micro_batches_adds_up_to_the_batch_token_mean() -> None:
+    log_probs = torch.tensor([[-1.0, -2.0, -0.5], [-0.3, -0.7, -4.0]])
+    ref_log_probs = torch.tensor([[-1.5, -1.0, -0.5], [-0.2, -0.9, -1.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])  # the first response is 2 tokens long
+    tokens = mask.sum()
+    whole = (low_var_kl(log_probs, ref_log_probs) * mask).sum() / tokens
+    parts = [kl_penalty(log_probs[[i]], ref_log_probs[[i]], mask[[i]], tokens) for i in (0, 1)]
+    assert float(sum(parts)) == pytest.approx(float(whole), abs=1e-7)
+    assert float(kl_penalty(log_probs, log_probs, mask, tokens)) == 0.0  # no divergence from itself
