@@ -9,7 +9,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
@@ -129,6 +129,30 @@ def jsonl_rows(path: str | os.PathLike[str], bad: Rejecter | None = None) -> Ite
         yield where, row
 
 
+def appended_rows(
+    path: Path, check: Callable[[Any], dict[str, Any]], damaged: Callable[[int, Exception], str]
+) -> tuple[list[tuple[int, dict[str, Any]]], int]:
+    """(line number, row) of every intact row of an append-only JSON-lines file, and the byte length of the intact
+    part. `check` turns a decoded line into a row or raises (ValueError, KeyError, TypeError). A kill in the middle
+    of an append leaves a torn last line, with no newline after it: it is dropped with a warning. Damage anywhere
+    else raises BadRecordError with the message `damaged(line number, error)`."""
+    raw = path.read_bytes()
+    lines = raw.split(b"\n")
+    rows: list[tuple[int, dict[str, Any]]] = []
+    intact_bytes = 0
+    for index, line in enumerate(lines):
+        if line.strip():
+            try:
+                rows.append((index + 1, check(json.loads(line))))
+            except (ValueError, KeyError, TypeError) as err:  # JSON and UTF-8 decoding errors are ValueErrors
+                if index == len(lines) - 1:
+                    log.warning("%s: dropping a torn last line left by an interrupted run", path)
+                    break
+                raise BadRecordError(damaged(index + 1, err)) from err
+        intact_bytes += len(line) + 1
+    return rows, min(intact_bytes, len(raw))
+
+
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Every row of a JSON-lines file; a bad line raises BadRecordError naming the file and line number."""
     return [row for _, row in jsonl_rows(path)]
@@ -202,24 +226,11 @@ class StepLog:
         the last checkpoint, so the resumed run logs it again. Damage anywhere else is an error."""
         if not self.path.exists():
             return []
-        lines = self.path.read_bytes().splitlines()
-        rows: list[dict[str, Any]] = []
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                if not isinstance(row, dict):
-                    raise ValueError(f"expected a JSON object, got {type(row).__name__}")
-            except ValueError as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-                if number == len(lines):
-                    log.warning("%s: dropping a torn last line left by an interrupted run", self.path)
-                    break
-                raise BadRecordError(
-                    f"{self.path}:{number}: unreadable log row ({err}); delete the file to start the log over"
-                ) from err
-            rows.append(row)
-        return rows
+        rows, _ = appended_rows(self.path, _log_row, self._damaged)
+        return [row for _, row in rows]
+
+    def _damaged(self, number: int, err: Exception) -> str:
+        return f"{self.path}:{number}: unreadable log row ({err}); delete the file to start the log over"
 
     def append(self, row: dict[str, Any]) -> None:
         with self.path.open("a", encoding="utf-8") as handle:
@@ -240,3 +251,9 @@ def count_rows(path: Path) -> int | None:
         return None
     with path.open(encoding="utf-8") as handle:
         return sum(1 for line in handle if line.strip())
+
+
+def _log_row(row: Any) -> dict[str, Any]:
+    if not isinstance(row, dict):
+        raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+    return row

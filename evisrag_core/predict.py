@@ -7,7 +7,6 @@ line, and generates only the questions still missing.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -21,7 +20,7 @@ from evisrag_core.bad_records import BadRecords
 from evisrag_core.config import PredictParams
 from evisrag_core.data.schema import TestRecord, resolve_image_path
 from evisrag_core.images import check_image, vision_inputs
-from evisrag_core.io import BadRecordError, append_jsonl
+from evisrag_core.io import BadRecordError, append_jsonl, appended_rows
 from evisrag_core.prompts import build_messages
 
 log = logging.getLogger(__name__)
@@ -155,34 +154,31 @@ def read_finished(path: Path, known_qids: set[str]) -> set[str]:
     if not path.exists():
         return set()
     raw = path.read_bytes()
-    lines = raw.split(b"\n")
+    rows, good_bytes = appended_rows(path, _prediction_row, lambda n, err: _unreadable(path, n, err))
     finished: set[str] = set()
-    good_bytes = 0
-    for index, line in enumerate(lines):
-        if not line.strip():
-            good_bytes += len(line) + 1
-            continue
-        try:
-            row = json.loads(line)
-            qid = str(row["qid"])
-            row["pred"]
-        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as err:
-            if index == len(lines) - 1:
-                log.warning("%s: dropping a torn last line left by an interrupted run", path)
-                break
-            raise BadRecordError(f"{path}:{index + 1}: unreadable prediction row ({err}); delete the file") from err
+    for number, row in rows:
+        qid = str(row["qid"])
         if qid not in known_qids:
-            raise BadRecordError(f"{path}:{index + 1}: qid {qid!r} is not in the test set; is this the right file?")
+            raise BadRecordError(f"{path}:{number}: qid {qid!r} is not in the test set; is this the right file?")
         finished.add(qid)
-        good_bytes += len(line) + 1
     if good_bytes < len(raw):
         with path.open("r+b") as handle:
-            handle.truncate(min(good_bytes, len(raw)))
+            handle.truncate(good_bytes)
     elif raw and not raw.endswith(b"\n"):
         # A complete last row without its newline (crash between the two writes): end the line before appending.
         with path.open("ab") as handle:
             handle.write(b"\n")
     return finished
+
+
+def _prediction_row(row: Any) -> dict[str, Any]:
+    if not isinstance(row, dict) or "qid" not in row or "pred" not in row:
+        raise ValueError("expected a JSON object with a qid and a pred")
+    return row
+
+
+def _unreadable(path: Path, number: int, err: Exception) -> str:
+    return f"{path}:{number}: unreadable prediction row ({err}); delete the file"
 
 
 def predict_split(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from evisrag_core.io import BadRecordError, StepLog, atomic_dir, write_text_atomic
+from evisrag_core.io import BadRecordError, StepLog, appended_rows, atomic_dir, write_text_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -90,3 +90,28 @@ def test_a_fresh_run_starts_an_empty_log(tmp_path: Path):
     write_log(path, ROWS, b'{"st')
     StepLog(path, resume_step=0)
     assert path.read_text() == ""
+
+
+@pytest.mark.parametrize(
+    ("content", "rows", "intact"),
+    [
+        (b'{"a": 1}\n{"a": 2}\n', [1, 2], 18),
+        (b'{"a": 1}\n{"a": 2}\n{"a"', [1, 2], 18),  # a torn last line: dropped, not counted as intact
+        (b'{"a": 1}\n\n{"a": 2}', [1, 2], 18),  # a whole last row without its newline is intact
+        (b"", [], 0),
+    ],
+)
+def test_appended_rows_keep_the_intact_rows_and_say_where_they_end(
+    tmp_path: Path, content: bytes, rows: list[int], intact: int
+) -> None:
+    path = tmp_path / "log.jsonl"
+    path.write_bytes(content)
+    found, intact_bytes = appended_rows(path, dict, lambda n, err: f"line {n}")
+    assert [row["a"] for _, row in found] == rows and intact_bytes == intact
+
+
+def test_appended_rows_refuse_a_complete_damaged_line_even_when_it_is_the_last(tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl"
+    path.write_bytes(b'{"a": 1}\ngarbage\n')  # newline-terminated: not a torn append but damage
+    with pytest.raises(BadRecordError, match="line 2"):
+        appended_rows(path, dict, lambda n, err: f"line {n}")
