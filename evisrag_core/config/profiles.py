@@ -145,9 +145,6 @@ def _rows(cfg: BaseModel, sources: Mapping[str, str], prefix: str = "") -> Itera
 
 
 def _nested_sources(section: BaseModel) -> dict[str, str]:
-    """`params file` for each key of a nested section that differs from its default, else `default`."""
-    fields = type(section).model_fields
-    defaults = {name: field.get_default(call_default_factory=True) for name, field in fields.items()}
-    return {
-        name: SOURCE_FILE if getattr(section, name) != default else SOURCE_DEFAULT for name, default in defaults.items()
-    }
+    """`params file` for each key of a nested section that differs from its default, else `default` (no profile
+    reaches a nested section)."""
+    return value_sources(type(section), dict(section), type(section).__name__)

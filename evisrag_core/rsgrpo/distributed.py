@@ -43,7 +43,7 @@ from evisrag_core.data.schema import RLPrompt
 from evisrag_core.rsgrpo.objective import active_components
 from evisrag_core.rsgrpo.rollout import Group, PromptEncoder
 from evisrag_core.rsgrpo.state import Batch, Rewards, Run, Sample, Scored
-from evisrag_core.rsgrpo.step import accumulate_gradients, micro_batches, update_metrics
+from evisrag_core.rsgrpo.step import CLIP_KEYS, TOTAL_KEYS, accumulate_gradients, micro_batches, update_metrics
 
 log = logging.getLogger(__name__)
 DEEPSPEED_TAG = "deepspeed"  # the engine checkpoint's sub-folder inside a step-NNNNNN checkpoint
@@ -64,9 +64,14 @@ def use_deepspeed(cfg: RSGRPOParams) -> bool:
     return True
 
 
+def responses_per_rank(cfg: RSGRPOParams, world: int) -> int:
+    """A rank's share of a rollout batch's responses: rollout_batch_size × n / ranks."""
+    return cfg.rollout_batch_size * cfg.n // world
+
+
 def micro_batch_size(cfg: RSGRPOParams, world: int) -> int:
     """Responses per forward/backward on a rank: micro_batch_size, or a rank's whole share when it is 0."""
-    return cfg.micro_batch_size or cfg.rollout_batch_size * cfg.n // world
+    return cfg.micro_batch_size or responses_per_rank(cfg, world)
 
 
 def check_layout(cfg: RSGRPOParams, world: int) -> list[str]:
@@ -76,7 +81,7 @@ def check_layout(cfg: RSGRPOParams, world: int) -> list[str]:
             f"rsgrpo.rollout_batch_size={cfg.rollout_batch_size} is not divisible by the {world} ranks: each rank "
             "rolls out whole prompt groups (group advantages must not be split), the same number on every rank"
         ]
-    share, micro = cfg.rollout_batch_size * cfg.n // world, micro_batch_size(cfg, world)
+    share, micro = responses_per_rank(cfg, world), micro_batch_size(cfg, world)
     if micro > share:
         return [f"rsgrpo.micro_batch_size={micro} exceeds a rank's {share} responses (rollout_batch_size × n / ranks)"]
     if share % micro:
@@ -100,7 +105,7 @@ def deepspeed_config(cfg: RSGRPOParams, world: int, bf16: bool) -> dict[str, Any
     micro = micro_batch_size(cfg, world)
     filled = {
         "train_micro_batch_size_per_gpu": micro,
-        "gradient_accumulation_steps": cfg.rollout_batch_size * cfg.n // world // micro,
+        "gradient_accumulation_steps": responses_per_rank(cfg, world) // micro,
         "train_batch_size": cfg.rollout_batch_size * cfg.n,
         "gradient_clipping": cfg.max_grad_norm,
     }
@@ -175,9 +180,7 @@ class DeepSpeedUpdate:
         are summed over ranks. Whether any component is active is known from the whole batch before the forward, so
         every rank skips the same steps (an update DeepSpeed starts must be finished by all ranks)."""
         if not bool(active_components(batch.advantages, batch.span_masks).any()):
-            zero = dict.fromkeys(("loss", "kl", "entropy", "n_active_components"), 0.0)
-            clips = dict.fromkeys(("clip_frac_high", "clip_frac_low", "clip_frac_dual"), 0.0)
-            return update_metrics(run, zero, clips, 0.0, True)
+            return update_metrics(run, dict.fromkeys(TOTAL_KEYS, 0.0), dict.fromkeys(CLIP_KEYS, 0.0), 0.0, True)
         size = micro_batch_size(run.cfg, self.world)
         mine = self.my_micro_batches(micro_batches(len(batch.response_ids), size))
         batch = replace(batch, groups=self.with_inputs(batch.groups, [row for rows in mine for row in rows]))

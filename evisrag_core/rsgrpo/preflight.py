@@ -20,7 +20,7 @@ from typing import Any
 from evisrag_core.config import DEFAULT_PARAMS, MERGED_PATCH_PIXELS, Params, PlanError, RSGRPOParams
 from evisrag_core.data.schema import RL_FILE
 from evisrag_core.io import count_rows
-from evisrag_core.rsgrpo.distributed import check_layout, deepspeed_config, micro_batch_size
+from evisrag_core.rsgrpo.distributed import check_layout, deepspeed_config, micro_batch_size, responses_per_rank
 from evisrag_core.rsgrpo.rollout import vllm_engine_args
 
 __all__ = ["PlanError", "RSGRPOPlan", "launch_command", "plan_from_params", "plan_rsgrpo"]
@@ -152,7 +152,7 @@ def plan_rsgrpo(
     what the launch command passes as `--params`."""
     problems: list[str] = []
     problems.extend(check_layout(cfg, cfg.num_gpus))
-    per_rank = cfg.rollout_batch_size * cfg.n // cfg.num_gpus
+    per_rank = responses_per_rank(cfg, cfg.num_gpus)
     micro = micro_batch_size(cfg, cfg.num_gpus)
     ds = _check_deepspeed(cfg, not problems, problems)
     _check_update(cfg, problems)

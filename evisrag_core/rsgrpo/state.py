@@ -43,10 +43,6 @@ class Rewards:
     def __len__(self) -> int:
         return len(self.overall)
 
-    def component(self, name: str) -> torch.Tensor:
-        """(B,) one reward by name: "overall" or a component."""
-        return self.overall if name == "overall" else self.components[:, REWARD_COMPONENTS.index(name)]
-
     def table(self) -> torch.Tensor:
         """(B, 7) with columns REWARD_KEYS, overall first."""
         return torch.cat([self.overall.unsqueeze(1), self.components], dim=1)

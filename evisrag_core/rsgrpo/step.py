@@ -39,6 +39,8 @@ from evisrag_core.rsgrpo.spans import SpanLocator, component_span_masks, whole_r
 from evisrag_core.rsgrpo.state import Batch, Rewards, Run, Sample, Scored
 
 OPTIMIZER_FILE = "optimizer.pt"  # a single-process checkpoint's AdamW state
+TOTAL_KEYS = ("loss", "kl", "entropy", "n_active_components")  # summed over a step's micro-batches
+CLIP_KEYS = ("clip_frac_high", "clip_frac_low", "clip_frac_dual")  # policy_loss's clip fractions, response-weighted
 
 
 class FilterExhaustedError(RuntimeError):
@@ -159,8 +161,8 @@ def accumulate_gradients(
     cfg = run.cfg
     clip = (cfg.clip_low, cfg.clip_high, cfg.dual_clip)
     response_tokens = batch.response_mask.sum()
-    totals = dict.fromkeys(("loss", "kl", "entropy", "n_active_components"), 0.0)
-    clip_stats = dict.fromkeys(("clip_frac_high", "clip_frac_low", "clip_frac_dual"), 0.0)
+    totals = dict.fromkeys(TOTAL_KEYS, 0.0)
+    clip_stats = dict.fromkeys(CLIP_KEYS, 0.0)
     for rows in rows_of:
         inputs = policy_inputs(batch.groups, rows, batch.response_ids, batch.response_mask, run.pad_id)
         response_ids = batch.response_ids[rows]  # (b, T)
