@@ -38,9 +38,9 @@ def choose_backend(setting: str, vllm_problem: str | None) -> BackendChoice:
         return BackendChoice("vllm", "predict.backend auto: vLLM imports here, so prediction runs on vLLM")
     return BackendChoice(
         "transformers",
-        f"predict.backend auto: vLLM does not import here ({vllm_problem}), so prediction runs on the transformers "
-        "backend; outputs can differ from a vLLM run in the last digits of the logits. Install vLLM (GPU) to "
-        "predict as the reference does, or set predict.backend: transformers to silence this note",
+        f"predict.backend auto: vLLM does not import here ({vllm_problem}); predicting with the transformers backend "
+        "instead (same prompts and settings, other kernels: a few greedy outputs can differ from a vLLM run). "
+        "Install vLLM on a GPU machine to predict as the reference does",
     )
 
 
@@ -51,3 +51,9 @@ def resolve_backend(setting: str) -> str:
     if choice.note:
         (log.info if choice.name == "vllm" else log.warning)(choice.note)
     return choice.name
+
+
+def describe_backend(setting: str) -> str:
+    """One line for `evisrag predict --dry-run`: the backend `setting` runs on this machine, and why."""
+    choice = choose_backend(setting, vllm_import_problem() if setting == "auto" else None)
+    return f"backend on this machine: {choice.name}" + (f" ({choice.note})" if choice.note else "")

@@ -127,7 +127,7 @@ def test_resolving_auto_without_vllm_logs_the_fallback(
     monkeypatch.setattr(backend_choice, "vllm_import_problem", lambda: "ModuleNotFoundError: No module named 'vllm'")
     with caplog.at_level("WARNING", logger="evisrag_core.backend_choice"):
         assert resolve_backend("auto") == "transformers"
-    assert "runs on the transformers backend" in caplog.text
+    assert "predicting with the transformers backend" in caplog.text
 
 
 def test_vllm_import_problem_reports_a_missing_vllm(monkeypatch: pytest.MonkeyPatch) -> None:
