@@ -38,14 +38,14 @@ from typing import Any
 from PIL import Image
 
 from evisrag_core.images import load_image
-from evisrag_core.prompts import PROMPT_TEMPLATES, build_messages
+from evisrag_core.prompts import PROMPT_TEMPLATES, build_messages, evidence_prompt
 
 QUERY = "{query}"  # where the question goes in every text below (the reference's f-string field)
 _QUESTION_TAIL = "Question and images are provided below."
 
 # The reference's texts (OpenBMB/VisRAG f35d232, src/evisrag/prompt.py), with {query} where its f-strings put the
 # question. Not edited: the typos ("your your", "a image", "inimages") and the concat text's four trailing spaces are
-# what the reference's model read.
+# what the reference's models were given.
 ONESHOT_EXAMPLE = (
     "The following is an example with three images and one evidence, which you can refer to:\n"
     "Query: How many more people felt inspired frequently than depressed frequently?\n"
@@ -237,7 +237,7 @@ def get_method(name: str) -> Method:
 def method_prompt(method: str, query: str, template: str = "model_card") -> str:
     """The instruction text of `method` for `query`, as the reference's prompt function returns it."""
     text = get_method(method).text
-    return (PROMPT_TEMPLATES[template] if text is None else text).replace(QUERY, query)
+    return evidence_prompt(query, template) if text is None else text.replace(QUERY, query)
 
 
 def concat_horizontally(images: Sequence[Image.Image]) -> Image.Image:
