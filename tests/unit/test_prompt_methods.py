@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from evisrag_core.config.base import PredictMethod
+from evisrag_core.metrics import score_prediction
 from evisrag_core.prompt_methods import (
     METHODS,
     QUERY,
@@ -164,3 +165,22 @@ def test_concatenation_keeps_the_rank_order() -> None:
 def test_concatenating_nothing_is_an_error() -> None:
     with pytest.raises(ValueError, match="no images"):
         concat_horizontally([])
+
+
+@pytest.mark.parametrize(
+    ("response", "golds", "is_sufficient", "em", "acc"),
+    [
+        # a baseline that follows its text (think, then answer): scored on the answer block only
+        ("<think>The bar for 2019 reads 11%.</think>\n<answer>11%</answer>", ["11"], True, 1.0, 1.0),
+        # DDCoT's sub-questions before the answer do not count either
+        ("Sub-questions:\n1. which year?\nSub-answers:\n1. 2019\n<answer>Paris</answer>", ["Paris"], True, 1.0, 1.0),
+        # no <answer> at all: the whole text is the answer, as the reference's eval.py reads it
+        ("It is Paris, France", ["Paris"], True, 0.0, 1.0),
+        ("<think>nothing here</think><answer>insufficient to answer</answer>", ["Paris"], False, 1.0, 1.0),
+    ],
+)
+def test_a_baselines_output_is_scored_like_any_other(
+    response: str, golds: list[str], is_sufficient: bool, em: float, acc: float
+) -> None:
+    score = score_prediction(response, golds, is_sufficient)
+    assert (score.em, score.acc) == (em, acc)
