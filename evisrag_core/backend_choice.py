@@ -44,10 +44,14 @@ def choose_backend(setting: str, vllm_problem: str | None) -> BackendChoice:
     )
 
 
+def backend_here(setting: str) -> BackendChoice:
+    """`choose_backend` on this machine: vLLM is imported only for `auto`."""
+    return choose_backend(setting, vllm_import_problem() if setting == "auto" else None)
+
+
 def resolve_backend(setting: str) -> str:
-    """`choose_backend` for this machine (vLLM is imported only for `auto`); its note is logged, a fallback as a
-    warning."""
-    choice = choose_backend(setting, vllm_import_problem() if setting == "auto" else None)
+    """The backend name for `setting` on this machine; the note is logged, a fallback as a warning."""
+    choice = backend_here(setting)
     if choice.note:
         (log.info if choice.name == "vllm" else log.warning)(choice.note)
     return choice.name
@@ -55,5 +59,5 @@ def resolve_backend(setting: str) -> str:
 
 def describe_backend(setting: str) -> str:
     """One line for `evisrag predict --dry-run`: the backend `setting` runs on this machine, and why."""
-    choice = choose_backend(setting, vllm_import_problem() if setting == "auto" else None)
+    choice = backend_here(setting)
     return f"backend on this machine: {choice.name}" + (f" ({choice.note})" if choice.note else "")

@@ -268,19 +268,13 @@ def method_messages(
     """One user turn for `method`: its text, then the images in rank order (or, for a concat method, the one joined
     image). `evidence` is exactly `evisrag_core.prompts.build_messages`, so the default prediction is unchanged."""
     spec = get_method(method)
-    if spec.text is None:
-        return build_messages(query, list(images), template, min_pixels, max_pixels)
     if spec.concat:
         # Paths are decoded here (RGB, no budget yet: the joined image gets it, as one image); PIL images as given.
         opened = [image if isinstance(image, Image.Image) else load_image(image) for image in images]
         images = [concat_horizontally(opened)]
-    content: list[dict[str, Any]] = [{"type": "text", "text": method_prompt(method, query, template)}]
-    for image in images:
-        # The entry shape of prompts.build_messages: the pixel budget travels with each image.
-        entry: dict[str, Any] = {"type": "image", "image": image}
-        if min_pixels is not None:
-            entry["min_pixels"] = min_pixels
-        if max_pixels is not None:
-            entry["max_pixels"] = max_pixels
-        content.append(entry)
-    return [{"role": "user", "content": content}]
+    messages = build_messages(query, list(images), template, min_pixels, max_pixels)
+    if spec.text is not None:
+        # The evidence prompt builder's message with the method's text in place of the evidence prompt (its first
+        # entry), so the image entries keep one shape everywhere.
+        messages[0]["content"][0] = {"type": "text", "text": method_prompt(method, query, template)}
+    return messages
