@@ -1,4 +1,5 @@
-"""Prediction: the evidence prompt over the top-K images of each question, batched, resumable (spec §7).
+"""Prediction: the evidence prompt (or a baseline, `predict.method`) over the top-K images of each question, batched,
+resumable (spec §7).
 
 Output rows follow the reference `predict.py`: `qid`, `imgs` (image paths used, in rank order) and `pred` (the raw
 generated text). Rows are appended and flushed one batch at a time; a rerun reads the file back, drops a torn last
@@ -21,7 +22,7 @@ from evisrag_core.config import PredictParams
 from evisrag_core.data.schema import TestRecord, resolve_image_path
 from evisrag_core.images import check_image, vision_inputs
 from evisrag_core.io import BadRecordError, append_jsonl, appended_rows
-from evisrag_core.prompts import build_messages
+from evisrag_core.prompt_methods import method_messages
 
 log = logging.getLogger(__name__)
 
@@ -87,15 +88,25 @@ def set_cpu_threads() -> int:
 class TransformersBackend:
     """Batched `generate` with left padding; images go through `evisrag_core.images.vision_inputs`."""
 
-    def __init__(self, model: Any, processor: Any, decoding: Decoding, template: str, pixels: tuple[int, int]):
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        decoding: Decoding,
+        template: str,
+        pixels: tuple[int, int],
+        method: str = "evidence",
+    ):
         self.model, self.processor, self.decoding = model, processor, decoding
-        self.template, self.min_pixels, self.max_pixels = template, *pixels
+        self.template, self.min_pixels, self.max_pixels, self.method = template, *pixels, method
         self.processor.tokenizer.padding_side = "left"
 
     def _inputs(self, requests: Sequence[Request]) -> Any:
         texts, images = [], []
         for request in requests:
-            messages = build_messages(request.query, request.images, self.template, self.min_pixels, self.max_pixels)
+            messages = method_messages(
+                self.method, request.query, request.images, self.template, self.min_pixels, self.max_pixels
+            )
             texts.append(self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
             images.append(vision_inputs(messages))
         return self.processor(text=texts, images=images, return_tensors="pt", padding=True)
@@ -123,7 +134,15 @@ class TransformersBackend:
 class VllmBackend:
     """vLLM generation, as the reference and the model card do; GPU machines only, imported lazily."""
 
-    def __init__(self, model_path: str, processor: Any, decoding: Decoding, template: str, pixels: tuple[int, int]):
+    def __init__(
+        self,
+        model_path: str,
+        processor: Any,
+        decoding: Decoding,
+        template: str,
+        pixels: tuple[int, int],
+        method: str = "evidence",
+    ):
         try:
             from vllm import LLM, SamplingParams
         except ImportError as err:
@@ -132,6 +151,7 @@ class VllmBackend:
                 "on CPU set predict.backend: transformers in params.yaml."
             ) from err
         self.processor, self.template, (self.min_pixels, self.max_pixels) = processor, template, pixels
+        self.method = method
         self.llm = LLM(model=model_path, dtype="bfloat16", limit_mm_per_prompt={"image": 5, "video": 0})
         self.params = SamplingParams(
             temperature=decoding.temperature,
@@ -143,7 +163,9 @@ class VllmBackend:
     def generate(self, requests: Sequence[Request]) -> list[str]:
         batch = []
         for request in requests:
-            messages = build_messages(request.query, request.images, self.template, self.min_pixels, self.max_pixels)
+            messages = method_messages(
+                self.method, request.query, request.images, self.template, self.min_pixels, self.max_pixels
+            )
             prompt = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             batch.append({"prompt": prompt, "multi_modal_data": {"image": vision_inputs(messages)}})
         return [output.outputs[0].text for output in self.llm.generate(batch, sampling_params=self.params)]

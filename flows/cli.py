@@ -7,7 +7,8 @@ evisrag <stage> --dry-run                         every setting of the stage wit
 evisrag pipeline [--force] [STAGE ...]            dvc repro under one Prefect flow run and MLflow parent run
 evisrag serve                                     the pipeline as a Prefect deployment (schedule from params.serve)
 evisrag evaluate --data DIR --preds FILE --out F  score any prediction file (also the reference's) directly
-evisrag answer --query Q --images A.png B.png     one question over images → the tagged answer
+evisrag answer --query Q --images A.png B.png     one question over images → the answer and each image's evidence
+                                                  (--raw: the generated text, --json: the fields)
 evisrag metrics                                   print metrics.json as a table
 evisrag report                                    the run report: reports/run/index.html
 evisrag compare [--experiment E --tag K=V --since D --out PNG]   pipeline runs in MLflow side by side
@@ -100,11 +101,14 @@ def _dry_run(args: argparse.Namespace, stage: str) -> int:
     return 0
 
 
-def _show_settings(args: argparse.Namespace, stage: str) -> int:
+def _show_settings(args: argparse.Namespace, stage: str, note: str = "") -> int:
     """`evisrag <stage> --dry-run` for a stage without a training plan: every value of the params section it reads,
-    with its source, and the command that runs it with the params file given."""
+    with its source, a stage's `note` (predict: the backend it runs on here), and the command that runs it with the
+    params file given."""
     _, table = _settings_table(args.params, STAGE_SECTIONS[stage])
     print(table)
+    if note:
+        print(f"\n{note}")
     print(f"\nrun with:\n  evisrag --params {args.params} {stage}")
     return 0
 
@@ -121,7 +125,9 @@ def _settings_table(params_file: Path, section: str) -> tuple[Any, str]:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     if args.dry_run:
-        return _show_settings(args, "predict")
+        from evisrag_core.backend_choice import describe_backend
+
+        return _show_settings(args, "predict", describe_backend(load_params(args.params).predict.backend))
     from flows.predict import predict_flow
 
     predict_flow(params_path=str(args.params), model_dir=args.model, data_dir=args.data, out_dir=args.out)
@@ -161,22 +167,36 @@ def _evaluate_file(args: argparse.Namespace) -> int:
 
 
 def cmd_answer(args: argparse.Namespace) -> int:
+    """One question over images: the answer and each image's evidence (evisrag_core.answer_view), a warning on
+    stderr when the format is broken; `--raw` the generated text, `--json` the fields."""
+    from evisrag_core.answer_view import answer_fields, format_warning, image_problem, read_response, render_answer
     from evisrag_core.modeling import load_model_and_processor
     from evisrag_core.predict import Decoding, Request, TransformersBackend, set_cpu_threads
+    from evisrag_core.prompt_methods import get_method
 
     params = load_params(args.params)
     cfg = params.predict
-    missing = [p for p in args.images if not Path(p).is_file()]
-    if missing:
-        raise SystemExit(f"image(s) not found: {', '.join(missing)}")
-    if len(args.images) > cfg.max_images_per_prompt:
-        raise SystemExit(f"{len(args.images)} images given; the model takes at most {cfg.max_images_per_prompt}")
+    problem = image_problem(args.images, cfg.max_images_per_prompt)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     set_cpu_threads()
     model, processor = load_model_and_processor(args.model or cfg.model_dir, trust_remote_code=False)
     sampling = Decoding(cfg.temperature, cfg.top_p, cfg.repetition_penalty, args.max_new_tokens or cfg.max_new_tokens)
-    backend = TransformersBackend(model, processor, sampling, cfg.prompt_template, (cfg.min_pixels, cfg.max_pixels))
+    pixels = (cfg.min_pixels, cfg.max_pixels)
+    backend = TransformersBackend(model, processor, sampling, cfg.prompt_template, pixels, cfg.method)
     images = [str(Path(p).resolve()) for p in args.images]
-    print(backend.generate([Request("cli", args.query, images, list(args.images))])[0])
+    text = backend.generate([Request("cli", args.query, images, list(args.images))])[0]
+    view = read_response(text, args.images, get_method(cfg.method).tags)
+    if args.raw:
+        print(text)
+    elif args.json:
+        print(json.dumps({"query": args.query, "method": cfg.method, **answer_fields(view)}, ensure_ascii=False))
+    else:
+        print(render_answer(view))
+    warning = format_warning(view)
+    if warning and not args.json:
+        print(warning, file=sys.stderr)
     return 0
 
 
@@ -276,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     answer.add_argument("--images", nargs="+", required=True)
     answer.add_argument("--model", help="model folder or hub id (default: predict.model_dir)")
     answer.add_argument("--max-new-tokens", type=int)
+    shown = answer.add_mutually_exclusive_group()
+    shown.add_argument("--raw", action="store_true", help="print the generated text as it is")
+    shown.add_argument("--json", action="store_true", help="print the answer, evidence and format check as JSON")
     answer.set_defaults(func=cmd_answer)
 
     report = sub.add_parser("report", help="write the run report (metrics, training curves, example predictions)")

@@ -17,6 +17,7 @@ from prefect import get_run_logger, task
 from tqdm import tqdm
 
 from evisrag_core import predict as core
+from evisrag_core.backend_choice import resolve_backend
 from evisrag_core.bad_records import BadRecords
 from evisrag_core.config import Params, PredictParams
 from evisrag_core.data.schema import TEST_FILE, list_benchmarks, load_test_split
@@ -48,13 +49,13 @@ def make_backend(params: PredictParams, model_dir: Path, trust_remote_code: bool
     decoding, pixels = core.Decoding.from_params(params), (params.min_pixels, params.max_pixels)
     core.set_cpu_threads()
     require_local_model_dir(model_dir, "evisrag model / evisrag sft")
-    if params.backend == "vllm":
+    if resolve_backend(params.backend) == "vllm":
         from transformers import AutoProcessor
 
         processor = AutoProcessor.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
-        return core.VllmBackend(str(model_dir), processor, decoding, params.prompt_template, pixels)
+        return core.VllmBackend(str(model_dir), processor, decoding, params.prompt_template, pixels, params.method)
     model, processor = load_model_and_processor(model_dir, trust_remote_code=trust_remote_code)
-    return core.TransformersBackend(model, processor, decoding, params.prompt_template, pixels)
+    return core.TransformersBackend(model, processor, decoding, params.prompt_template, pixels, params.method)
 
 
 @task(name="predict-benchmark", **TASK_DEFAULTS)

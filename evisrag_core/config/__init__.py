@@ -5,11 +5,11 @@ reruns exactly the stages that read it. Unknown keys are errors (they are usuall
 valid keys. An empty or non-mapping params file is an error too.
 
 One source of truth: the code defaults equal the repository's params.yaml, key for key (a test compares them).
-Profiles (`sft.profile`, `rsgrpo.profile`) are YAML overlays in configs/profiles/; a key you set in the params file
-wins over the profile (the rule in full: config/profiles.py).
+Profiles (`sft.profile`, `rsgrpo.profile`, `predict.profile`) are YAML overlays in configs/profiles/; a key you set
+in the params file wins over the profile (the rule in full: config/profiles.py).
 
     base.py       the shared base model, pixel units, pixel-range check
-    sections.py   data, model, predict, evaluate, report, tracking, serve
+    sections.py   data, model, predict (profiled), evaluate, report, tracking, serve
     training.py   sft and rsgrpo (profiled)
     profiles.py   the overlay rule and each value's source
     params.py     Params, reading and validating a params file

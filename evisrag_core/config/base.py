@@ -21,6 +21,10 @@ OnBadRecord = Literal["error", "skip"]
 # The prompt wording: the model card's or the reference repository's (evisrag_core.prompts).
 PromptTemplate = Literal["model_card", "repository"]
 
+# What prediction asks the model: the evidence prompt or one of the paper's prompting baselines, with the reference's
+# texts (evisrag_core.prompt_methods, which maps each to the reference's `--method`).
+PredictMethod = Literal["evidence", "evidence_oneshot", "baseline", "baseline_concat", "cocot", "ccot", "ddcot"]
+
 
 class Section(BaseModel):
     """A params section: unknown keys are errors (usually typos) and a validated section never changes."""

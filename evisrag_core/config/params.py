@@ -110,7 +110,7 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
 
 def section_sources(raw: dict[str, Any], section: str) -> dict[str, str]:
     """Where each key of `section` gets its value, for the dry-run's table: `params file`, `profile <name>` (only
-    in the sections a profile can overlay: sft, rsgrpo) or `default`."""
+    in the sections a profile can overlay: sft, rsgrpo, predict) or `default`."""
     model = Params.model_fields[section].annotation
     if not (isinstance(model, type) and issubclass(model, BaseModel)):
         raise ValueError(f"{section} is not a section of the params file")

@@ -1,4 +1,5 @@
-"""Profiles: named YAML overlays over one section of the params file (`sft.profile: paper`, `rsgrpo.profile: paper`).
+"""Profiles: named YAML overlays over one section of the params file (`sft.profile: paper`, `rsgrpo.profile: paper`,
+`predict.profile: reference`).
 
 A profile lives in configs/profiles/<name>.yaml, one mapping per section it sets. `profile: default` applies none.
 
@@ -17,10 +18,12 @@ import functools
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError, field_validator, model_validator
+
+from evisrag_core.config.base import Section
 
 PROFILE_DIR = Path(__file__).resolve().parents[2] / "configs" / "profiles"
 NO_PROFILE = "default"
@@ -102,6 +105,23 @@ def apply_profile(model: type[BaseModel], values: dict[str, Any], section: str) 
     chosen = chosen_keys(model, values)
     overlay = checked_overlay(model, name, section)
     return {**values, **{key: value for key, value in overlay.items() if key not in chosen}}
+
+
+class ProfiledSection(Section):
+    """A section whose `profile` key names an overlay; the rule (your keys win) is this module's docstring."""
+
+    section_name: ClassVar[str]
+    profile: str = Field(NO_PROFILE, min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_profile(cls, values: Any) -> Any:
+        return apply_profile(cls, values, cls.section_name) if isinstance(values, dict) else values
+
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, name: str) -> str:
+        return check_profile_name(name, cls.section_name)
 
 
 def value_sources(model: type[BaseModel], values: Mapping[str, object], section: str) -> dict[str, str]:

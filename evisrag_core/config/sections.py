@@ -1,13 +1,22 @@
-"""The sections of params.yaml that no profile touches: data, model, predict, evaluate, report, tracking, serve."""
+"""The sections of params.yaml outside training: data, model, predict (profiled: `predict.profile: reference`),
+evaluate, report, tracking, serve."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, model_validator
 
-from evisrag_core.config.base import ImagePixels, OnBadRecord, PromptTemplate, Section, check_pixel_range
+from evisrag_core.config.base import (
+    ImagePixels,
+    OnBadRecord,
+    PredictMethod,
+    PromptTemplate,
+    Section,
+    check_pixel_range,
+)
+from evisrag_core.config.profiles import ProfiledSection
 
 
 class EmbeddedDataParams(Section):
@@ -84,9 +93,19 @@ class ModelParams(Section):
     tiny: TinyModelParams = TinyModelParams()
 
 
-class PredictParams(Section):
+class PredictParams(ProfiledSection):
+    """Stage 5: prediction on every test set (evisrag_core.predict).
+
+    `profile: reference` applies the reference's prediction settings (configs/profiles/reference.yaml: vLLM where it
+    imports, 2,048 new tokens, temperature 0, repetition penalty 1.05, qwen_vl_utils' default pixel bounds, one
+    question per generate call, the repository's prompt wording) under the keys you set. `backend: auto` is vLLM when
+    `import vllm` works and transformers otherwise (evisrag_core.backend_choice, which logs the choice).
+    """
+
+    section_name: ClassVar[str] = "predict"
     model_dir: str = "models/rsgrpo"  # models/sft or models/base for the ablations
-    backend: Literal["transformers", "vllm"] = "transformers"
+    backend: Literal["transformers", "vllm", "auto"] = "transformers"
+    method: PredictMethod = "evidence"
     prompt_template: PromptTemplate = "model_card"
     top_k: int = Field(3, ge=1, le=5)
     max_images_per_prompt: int = Field(5, ge=1)

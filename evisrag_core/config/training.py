@@ -1,4 +1,4 @@
-"""The two training sections, `sft` and `rsgrpo`: the only ones a profile (configs/profiles/) can overlay.
+"""The two training sections, `sft` and `rsgrpo`, each with a profile (configs/profiles/) it can overlay.
 
 Their code defaults are the values of the repository's params.yaml (tests/unit/test_config.py compares every key),
 so `SFTParams()` and `RSGRPOParams()` are the default pipeline's settings and pass their own dry-runs.
@@ -6,31 +6,14 @@ so `SFTParams()` and `RSGRPOParams()` are the default pipeline's settings and pa
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from evisrag_core.config.base import ImagePixels, OnBadRecord, PromptTemplate, Section, check_pixel_range
-from evisrag_core.config.profiles import NO_PROFILE, apply_profile, check_profile_name
+from evisrag_core.config.base import ImagePixels, OnBadRecord, PromptTemplate, check_pixel_range
+from evisrag_core.config.profiles import ProfiledSection
 
 Precision = Literal["auto", "on", "off"]  # bf16: auto uses it where the hardware has it (fp32 on CPU)
-
-
-class ProfiledSection(Section):
-    """A section whose `profile` key names an overlay; the rule (your keys win) is in config/profiles.py."""
-
-    section_name: ClassVar[str]
-    profile: str = Field(NO_PROFILE, min_length=1)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _apply_profile(cls, values: Any) -> Any:
-        return apply_profile(cls, values, cls.section_name) if isinstance(values, dict) else values
-
-    @field_validator("profile")
-    @classmethod
-    def _known_profile(cls, name: str) -> str:
-        return check_profile_name(name, cls.section_name)
 
 
 class SFTParams(ProfiledSection):

@@ -13,8 +13,10 @@ import yaml
 from conftest import TINY_PIXELS, MakeTestSplit
 from PIL import Image
 
+from evisrag_core.answer_view import read_response, render_answer
 from evisrag_core.config import PredictParams
 from evisrag_core.predict import Decoding, Request, TransformersBackend
+from evisrag_core.prompt_methods import get_method
 from flows.cli import main
 from flows.pipeline import stage_environment
 
@@ -95,40 +97,75 @@ def test_evaluate_a_file_with_a_missing_question_fails_with_exit_code_2(
     assert not out.exists()
 
 
-def test_answer_prints_the_generation(
-    tiny_model_dir: Path, tiny_model: tuple[Any, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def _answer(tmp_path: Path, model_dir: Path, *flags: str) -> tuple[int, list[str]]:
     params = write_params(tmp_path / "params.yaml", {"predict": {"model_dir": str(tmp_path / "not-this-one")}})
     pages = images(tmp_path / "pages", 3)
     argv = ["--params", str(params), "answer", "--query", QUERY, "--images", *pages]
-    code = main([*argv, "--model", str(tiny_model_dir), "--max-new-tokens", "8"])
-    out = capsys.readouterr().out
+    return main([*argv, "--model", str(model_dir), "--max-new-tokens", "8", *flags]), pages
 
+
+def _expected_text(tiny_model: tuple[Any, Any], pages: list[str]) -> str:
     model, processor = tiny_model
     cfg = PredictParams()
     sampling = Decoding(cfg.temperature, cfg.top_p, cfg.repetition_penalty, 8)
     backend = TransformersBackend(model, processor, sampling, cfg.prompt_template, TINY_PIXELS)
-    expected = backend.generate([Request("cli", QUERY, pages, pages)])[0]
+    return backend.generate([Request("cli", QUERY, pages, pages)])[0]
+
+
+def test_answer_raw_prints_the_generation(
+    tiny_model_dir: Path, tiny_model: tuple[Any, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, pages = _answer(tmp_path, tiny_model_dir, "--raw")
+    out = capsys.readouterr().out
     assert code == 0
-    assert out == expected + "\n"
+    assert out == _expected_text(tiny_model, pages) + "\n"
+
+
+def test_answer_shows_the_answer_and_each_images_evidence_and_warns_on_a_broken_format(
+    tiny_model_dir: Path, tiny_model: tuple[Any, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, pages = _answer(tmp_path, tiny_model_dir)
+    captured = capsys.readouterr()
+    view = read_response(_expected_text(tiny_model, pages), pages, get_method("evidence").tags)
+    assert code == 0
+    assert captured.out == render_answer(view) + "\n"
+    assert captured.out.startswith("Answer: ") and f"  [3] {pages[2]}: " in captured.out
+    # 8 tokens of a random tiny model: never the four blocks, so the warning is there, on stderr only
+    last_err_line = captured.err.strip().splitlines()[-1]  # after the model loader's progress bar
+    assert last_err_line.startswith("warning: the response does not follow the format (")
+    assert "warning" not in captured.out
+
+
+def test_answer_json_prints_the_fields(
+    tiny_model_dir: Path, tiny_model: tuple[Any, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, pages = _answer(tmp_path, tiny_model_dir, "--json")
+    captured = capsys.readouterr()
+    fields = json.loads(captured.out)
+    assert code == 0 and "warning" not in captured.err  # the JSON's format_ok and problems say it
+    assert fields["raw"] == _expected_text(tiny_model, pages)
+    assert (fields["query"], fields["method"], fields["format_ok"]) == (QUERY, "evidence", False)
+    assert [item["image"] for item in fields["evidence"]] == pages
 
 
 @pytest.mark.parametrize(
     ("make_images", "message"),
     [
-        (lambda tmp: [*images(tmp / "p", 2), str(tmp / "p" / "absent.png")], "image(s) not found: "),
-        (lambda tmp: images(tmp / "p", 6), "6 images given; the model takes at most 5"),
+        (lambda tmp: [*images(tmp / "p", 2), str(tmp / "p" / "absent.png")], "error: image(s) not found: "),
+        (lambda tmp: images(tmp / "p", 6), "error: 6 images given; the model takes at most 5"),
     ],
 )
-def test_answer_refuses_bad_images_before_loading_a_model(tmp_path: Path, make_images: Any, message: str) -> None:
+def test_answer_refuses_bad_images_before_loading_a_model_with_exit_2(
+    tmp_path: Path, make_images: Any, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     params = write_params(tmp_path / "params.yaml", {"seed": 0})
     paths = make_images(tmp_path)
     argv = ["--params", str(params), "answer", "--query", QUERY, "--images", *paths]
-    with pytest.raises(SystemExit) as excinfo:
-        main([*argv, "--model", str(tmp_path / "no-model-here")])
-    assert isinstance(excinfo.value.code, str) and message in excinfo.value.code
+    assert main([*argv, "--model", str(tmp_path / "no-model-here")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1 and "Traceback" not in err
     if "not found" in message:
-        assert excinfo.value.code.endswith("absent.png")
+        assert err.rstrip().endswith("absent.png")
 
 
 def test_unknown_params_key_exits_2_and_lists_the_valid_keys(
@@ -211,7 +248,9 @@ def test_stage_dry_run_shows_its_section_with_sources_and_runs_nothing(
     params = write_params(tmp_path / "exp.yaml", {section: changed})
     assert main(["--params", str(params), stage, "--dry-run"]) == 0
     out = capsys.readouterr().out
-    table, command = out.split("\nrun with:\n")
+    settings, command = out.split("\nrun with:\n")
+    table, *notes = settings.split("\n\n")  # predict adds the backend it would run on here
+    assert notes == (["backend on this machine: transformers\n"] if stage == "predict" else [])
     assert table.startswith(f"{section}: every hyper-parameter in effect, read from {params}")
     rows = {line.split()[0]: " ".join(line.split()[1:]) for line in table.strip().splitlines()[2:]}
     key, value = shown
@@ -219,6 +258,21 @@ def test_stage_dry_run_shows_its_section_with_sources_and_runs_nothing(
     assert all(source.endswith("default") for name, source in rows.items() if name != key)
     assert command.strip() == f"evisrag --params {params} {stage}"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exp.yaml"]  # nothing ran: no data, model or Prefect files
+
+
+def test_predict_dry_run_shows_the_reference_profile_and_the_backend_it_runs_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` fails, as on this CPU machine
+    params = write_params(tmp_path / "ref.yaml", {"predict": {"profile": "reference", "batch_size": 4}})
+    assert main(["--params", str(params), "predict", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split()[1:] for line in out.split("\n\n")[0].splitlines()[2:]}
+    assert rows["max_pixels"] == ["12845056", "profile", "reference"]
+    assert rows["max_new_tokens"] == ["2048", "profile", "reference"]
+    assert rows["backend"] == ["auto", "profile", "reference"]
+    assert rows["batch_size"] == ["4", "params", "file"]
+    assert "backend on this machine: transformers (predict.backend auto: vLLM does not import here" in out
 
 
 @pytest.mark.parametrize("command", ["download", "sft", "predict", "pipeline"])
