@@ -100,7 +100,7 @@ def ours_steps(cfg: RSGRPOParams, rl_file: Path, seed: int, warmup: int, steps: 
     timed = []
     for step in range(warmup + steps):
         t0, c0 = time.perf_counter(), time.process_time()
-        groups, rewards, metrics = loop.collect_groups(run)  # 1-3: rollouts, rewards (filtering off)
+        groups, rewards, metrics, _ = loop.collect_groups(run)  # 1-3: rollouts, rewards (filtering off)
         t1 = time.perf_counter()
         batch = loop.spans_and_advantages(groups, rewards, cfg.mode, run.tag_ids, run.pad_id)  # 4-5
         loop.policy_update(run, batch)  # 6-7

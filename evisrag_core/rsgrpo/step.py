@@ -24,14 +24,17 @@ import torch
 from evisrag_core.config import RSGRPOParams
 from evisrag_core.data.schema import RLPrompt
 from evisrag_core.io import atomic_dir
+from evisrag_core.rsgrpo.estimators import DEFAULT_ESTIMATOR, Estimator
 from evisrag_core.rsgrpo.objective import (
     entropy_from_logits,
     filter_groups,
+    gdpo_advantages,
     group_advantages,
     kl_penalty,
     policy_loss,
     span_share,
 )
+from evisrag_core.rsgrpo.packing import micro_batches
 from evisrag_core.rsgrpo.prompt_stream import next_prompts, rollout_seeds
 from evisrag_core.rsgrpo.rewards import REWARD_COMPONENTS, score
 from evisrag_core.rsgrpo.rollout import Group, Sampling, batch_to, group_ids, pad_responses, policy_inputs
@@ -72,14 +75,16 @@ def rollout_and_score(run: Run, sampling: Sampling) -> Scored:
     return run.update.rollout_and_score(prompts, seeds, sample)
 
 
-def collect_groups(run: Run) -> tuple[list[Group], Rewards, dict[str, float]]:
+def collect_groups(run: Run) -> tuple[list[Group], Rewards, dict[str, float], list[tuple[bool, bool]]]:
     """Steps 1-3: sample, score and filter until rollout_batch_size groups are kept. Returns the kept groups, their
-    rewards and rollout metrics: reward means over *every* sampled response of the step (kept or not), the fraction
-    of groups filtered out and the number of rounds."""
+    rewards, rollout metrics (reward means over *every* sampled response of the step, kept or not, the fraction of
+    groups filtered out and the number of rounds) and, per kept group, whether it was the first / last group of its
+    round: a round's rewards are one reward call of the reference (`spans.released_span_masks`)."""
     cfg = run.cfg
     sampling = Sampling(cfg.n, cfg.temperature, cfg.top_p, cfg.max_new_tokens)
     kept: list[Group] = []
     kept_rewards: list[Rewards] = []
+    edges: list[tuple[bool, bool]] = []
     sampled: list[Rewards] = []
     lengths: list[int] = []
     rounds = 0
@@ -96,17 +101,19 @@ def collect_groups(run: Run) -> tuple[list[Group], Rewards, dict[str, float]]:
         overall = torch.cat([r.overall for r in rewards])  # (P·n,)
         keep = filter_groups(overall, group_ids(groups), cfg.filter_low, cfg.filter_high)  # (P·n,)
         group_kept = keep[:: cfg.n]  # (P,) a group is kept or dropped whole
-        for group, reward, kept_group in zip(groups, rewards, group_kept, strict=True):
+        for k, (group, reward, kept_group) in enumerate(zip(groups, rewards, group_kept, strict=True)):
             if kept_group or not cfg.online_filtering:
                 kept.append(group)
                 kept_rewards.append(reward)
+                edges.append((k == 0, k == len(groups) - 1))
         sampled.extend(rewards)
         lengths.extend(len(ids) for group in groups for ids in group.responses)
     metrics = Rewards.cat(sampled).means("reward/")
     metrics["filter/dropped_fraction"] = 1.0 - len(kept) / len(sampled)
     metrics["filter/rounds"] = float(rounds)
     metrics["response_length/mean"] = float(np.mean(lengths))
-    return kept[: cfg.rollout_batch_size], Rewards.cat(kept_rewards[: cfg.rollout_batch_size]), metrics
+    size = cfg.rollout_batch_size
+    return kept[:size], Rewards.cat(kept_rewards[:size]), metrics, edges[:size]
 
 
 # --- 4-5. spans and advantages ------------------------------------------------------------------------------------
@@ -119,13 +126,21 @@ def spans_and_advantages(
     tag_ids: dict[str, list[int]],
     pad_id: int,
     locate_spans: SpanLocator | None = None,
+    estimator: Estimator = DEFAULT_ESTIMATOR,
 ) -> Batch:
-    """Steps 4-5: each component's token span and its group-normalised advantage (plain GRPO: overall only)."""
+    """Steps 4-5 by `mode`: rsgrpo, each component's token span and group-normalised advantage; gdpo, one advantage
+    (`objective.gdpo_advantages`) on the whole response; grpo, overall's group-normalised advantage on it."""
     response_ids, response_mask = pad_responses(groups, pad_id)  # (B, T)
     if mode == "rsgrpo":
         components, component_rewards = REWARD_COMPONENTS, rewards.components  # (B, 6)
         locate = locate_spans or functools.partial(component_span_masks, tag_ids=tag_ids)
+        if estimator.span_masks == "released":
+            locate = estimator.released_locator(tag_ids, groups)
         span_masks = locate(response_ids, response_mask)  # (B, 6, T)
+    elif mode == "gdpo":
+        span_masks = whole_response_masks(response_mask)  # (B, 1, T)
+        advantages = gdpo_advantages(rewards.components, group_ids(groups), estimator.weights())  # (B, 1)
+        return Batch(groups, rewards, ("gdpo",), response_ids, response_mask, span_masks, advantages)
     else:
         components, component_rewards = ("overall",), rewards.overall.unsqueeze(1)  # (B, 1)
         span_masks = whole_response_masks(response_mask)  # (B, 1, T)
@@ -147,11 +162,6 @@ def response_log_probs(
     targets = response_ids.to(logits.device).unsqueeze(-1)  # (b, T, 1)
     log_probs = logits.gather(-1, targets).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # (b, T)
     return log_probs, logits
-
-
-def micro_batches(batch: int, size: int) -> list[list[int]]:
-    size = size or batch
-    return [list(range(start, min(start + size, batch))) for start in range(0, batch, size)]
 
 
 def accumulate_gradients(
@@ -216,7 +226,9 @@ class LocalUpdate:
         with no active component (or a non-finite gradient norm) is skipped, as the reference's optimizer does."""
         run.policy.train()
         run.optimizer.zero_grad(set_to_none=True)
-        rows_of = micro_batches(len(batch.response_ids), run.cfg.micro_batch_size)
+        rows = list(range(len(batch.response_ids)))
+        budget = run.cfg.micro_batch_tokens
+        rows_of = micro_batches(rows, run.cfg.micro_batch_size, budget, batch.row_tokens(rows) if budget else ())
         totals, clip_stats = accumulate_gradients(run, batch, rows_of, run.policy, torch.Tensor.backward)
         trainable = [p for p in run.policy.parameters() if p.requires_grad]
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, run.cfg.max_grad_norm)
@@ -245,8 +257,9 @@ def policy_update(run: Run, batch: Batch) -> dict[str, float]:
 
 def train_step(run: Run) -> tuple[dict[str, float], Batch]:
     """One RS-GRPO step; returns its metrics and the batch it trained on."""
-    groups, rewards, metrics = collect_groups(run)  # 1-3
-    batch = spans_and_advantages(groups, rewards, run.cfg.mode, run.tag_ids, run.pad_id, run.locate_spans)  # 4-5
+    groups, rewards, metrics, edges = collect_groups(run)  # 1-3
+    estimator = Estimator.from_params(run.cfg, edges)
+    batch = spans_and_advantages(groups, rewards, run.cfg.mode, run.tag_ids, run.pad_id, run.locate_spans, estimator)
     metrics.update(policy_update(run, batch))  # 6-7
     run.step += 1
     return metrics, batch

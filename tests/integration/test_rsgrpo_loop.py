@@ -260,7 +260,7 @@ def test_micro_batches_add_up_to_the_whole_batch_gradient(
         run = build_run(cfg, rl_file, seed=0)
         run.optimizer = torch.optim.SGD([p for p in run.policy.parameters() if p.requires_grad], lr=1.0)
         if batch is None:
-            groups, rewards, _ = rsgrpo_step.collect_groups(run)
+            groups, rewards, _, _ = rsgrpo_step.collect_groups(run)
             batch = rsgrpo_step.spans_and_advantages(groups, rewards, "rsgrpo", run.tag_ids, run.pad_id)
         metrics = rsgrpo_step.policy_update(run, batch)
         assert metrics["actor/n_active_components"] == len(REWARD_COMPONENTS)
@@ -359,7 +359,7 @@ def test_filtering_keeps_only_groups_whose_mean_is_inside_the_band(
     monkeypatch.setattr(rsgrpo_step, "group_rewards", table)
     cfg = config(tmp_path, tiny_model_dir, filter_low=0.01, filter_high=6.9, n=4, val_size=0)
     run = build_run(cfg, rl_file, seed=0)
-    groups, rewards, metrics = rsgrpo_step.collect_groups(run)
+    groups, rewards, metrics, _ = rsgrpo_step.collect_groups(run)
 
     assert [g.prompt.id for g in groups] == [prompts[3].id] * 2  # the mixed prompt, drawn in two epochs
     means = rewards.overall.view(2, 4).mean(dim=1)
