@@ -1,18 +1,36 @@
-"""What steps 4-5 need besides the rewards, by `rsgrpo.mode` (docs/rsgrpo.md): rsgrpo's span masks (`fixed` or the
-released checkpoints' `released`, which needs to know where each reward call began and ended) and gdpo's weights."""
+"""Steps 4-5 by `rsgrpo.mode` (docs/rsgrpo.md, spec §5, §9): which tokens get which advantage.
+
+    rsgrpo   n_c = 6   span[i, j, t] from the tags   A[i, j] = group z-score of R[·, j]
+    gdpo     n_c = 1   the whole response            A[i] = batch z-score of Σ_j w_j · (group z-score of R[·, j])
+    grpo     n_c = 1   the whole response            A[i] = group z-score of overall
+
+z-scores use Bessel's std + 1e-6 (spec §5's epsilon), the batch one too (TRL's normalize_then_sum: 1e-4).
+
+rsgrpo's spans are `fixed` (spec §5) or, with `span_masks: released`, the released checkpoints' masks, for which the
+estimator must know where each reward call began and ended (`group_edges`, from step.collect_groups)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from evisrag_core.config import RSGRPOParams
 from evisrag_core.config.training import GDPO_WEIGHTS
+from evisrag_core.rsgrpo.objective import gdpo_advantages, group_advantages
 from evisrag_core.rsgrpo.rewards import REWARD_COMPONENTS
 from evisrag_core.rsgrpo.rollout import Group
-from evisrag_core.rsgrpo.spans import SpanLocator, component_span_bounds, released_span_masks, row_edges
+from evisrag_core.rsgrpo.spans import (
+    SpanLocator,
+    component_span_bounds,
+    component_span_masks,
+    released_span_masks,
+    row_edges,
+    whole_response_masks,
+)
+from evisrag_core.rsgrpo.state import Rewards
 
 
 @dataclass(frozen=True)
@@ -32,6 +50,34 @@ class Estimator:
         """(6,) w_k in REWARD_COMPONENTS order."""
         by_name = dict(self.gdpo_weights)
         return torch.tensor([by_name[name] for name in REWARD_COMPONENTS], dtype=torch.float64)
+
+    def spans_and_advantages(
+        self,
+        mode: str,
+        rewards: Rewards,
+        group_ids: Sequence[Hashable],
+        locate: SpanLocator,
+        response_ids: torch.Tensor,
+        response_mask: torch.Tensor,
+    ) -> tuple[tuple[str, ...], torch.Tensor, torch.Tensor]:
+        """(component names, span masks (B, n_c, T), advantages (B, n_c)) of `mode` (module docstring)."""
+        if mode == "rsgrpo":
+            span_masks = locate(response_ids, response_mask)  # (B, 6, T)
+            return REWARD_COMPONENTS, span_masks, group_advantages(rewards.components, group_ids)
+        whole = whole_response_masks(response_mask)  # (B, 1, T)
+        if mode == "gdpo":
+            return ("gdpo",), whole, gdpo_advantages(rewards.components, group_ids, self.weights())
+        if mode == "grpo":
+            return ("overall",), whole, group_advantages(rewards.overall.unsqueeze(1), group_ids)
+        raise ValueError(f"unknown rsgrpo.mode {mode!r}; use rsgrpo, gdpo or grpo")
+
+    def locator(
+        self, tag_ids: dict[str, list[int]], groups: Sequence[Group], chosen: SpanLocator | None
+    ) -> SpanLocator:
+        """rsgrpo's span masks: the released ones, else `chosen` (rsgrpo.span_locator), else the token-id search."""
+        if self.span_masks == "released":
+            return self.released_locator(tag_ids, groups)
+        return chosen or functools.partial(component_span_masks, tag_ids=tag_ids)
 
     def released_locator(self, tag_ids: dict[str, list[int]], groups: Sequence[Group]) -> SpanLocator:
         """span_masks: released for these groups: the token-id spans, cut as the reference's reward call cut them."""

@@ -3,8 +3,8 @@
     1. rollouts    rollout_and_score      y_{g,1..n} ~ π_θ(· | x_g) for the next P prompts
     2. rewards     group_rewards          `Rewards`: overall and the six components, by name
     3. filter      collect_groups         keep group g iff filter_low < mean overall < filter_high
-    4-5. spans, advantages   spans_and_advantages   span[i, j, t], A[i, j]
-    6. loss        accumulate_gradients   policy_loss per micro-batch (+ β·KL), gradients add up
+    4-5. spans, advantages   spans_and_advantages   span[i, j, t], A[i, j] (by rsgrpo.mode)
+    6. loss        accumulate_gradients   policy_loss per micro-batch (+ β·KL), gradients add up (packing.py)
     7. update      LocalUpdate.apply      clip ‖∇L‖, one AdamW step
 
 `run.update`, chosen once in train.build_run, spreads the work over processes: `LocalUpdate` (this process alone)
@@ -13,7 +13,6 @@ or `distributed.DeepSpeedUpdate` (torchrun ranks), one interface (`state.UpdateS
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,20 +24,12 @@ from evisrag_core.config import RSGRPOParams
 from evisrag_core.data.schema import RLPrompt
 from evisrag_core.io import atomic_dir
 from evisrag_core.rsgrpo.estimators import DEFAULT_ESTIMATOR, Estimator
-from evisrag_core.rsgrpo.objective import (
-    entropy_from_logits,
-    filter_groups,
-    gdpo_advantages,
-    group_advantages,
-    kl_penalty,
-    policy_loss,
-    span_share,
-)
+from evisrag_core.rsgrpo.objective import entropy_from_logits, filter_groups, kl_penalty, policy_loss, span_share
 from evisrag_core.rsgrpo.packing import micro_batches
 from evisrag_core.rsgrpo.prompt_stream import next_prompts, rollout_seeds
-from evisrag_core.rsgrpo.rewards import REWARD_COMPONENTS, score
+from evisrag_core.rsgrpo.rewards import score
 from evisrag_core.rsgrpo.rollout import Group, Sampling, batch_to, group_ids, pad_responses, policy_inputs
-from evisrag_core.rsgrpo.spans import SpanLocator, component_span_masks, whole_response_masks
+from evisrag_core.rsgrpo.spans import SpanLocator
 from evisrag_core.rsgrpo.state import Batch, Rewards, Run, Sample, Scored
 
 OPTIMIZER_FILE = "optimizer.pt"  # a single-process checkpoint's AdamW state
@@ -128,24 +119,15 @@ def spans_and_advantages(
     locate_spans: SpanLocator | None = None,
     estimator: Estimator = DEFAULT_ESTIMATOR,
 ) -> Batch:
-    """Steps 4-5 by `mode`: rsgrpo, each component's token span and group-normalised advantage; gdpo, one advantage
-    (`objective.gdpo_advantages`) on the whole response; grpo, overall's group-normalised advantage on it."""
+    """Steps 4-5 by `mode` (`estimators.Estimator.spans_and_advantages`): rsgrpo, each component's token span and
+    group-normalised advantage; gdpo, one whitened weighted sum on the whole response; grpo, overall's advantage on
+    it."""
     response_ids, response_mask = pad_responses(groups, pad_id)  # (B, T)
-    if mode == "rsgrpo":
-        components, component_rewards = REWARD_COMPONENTS, rewards.components  # (B, 6)
-        locate = locate_spans or functools.partial(component_span_masks, tag_ids=tag_ids)
-        if estimator.span_masks == "released":
-            locate = estimator.released_locator(tag_ids, groups)
-        span_masks = locate(response_ids, response_mask)  # (B, 6, T)
-    elif mode == "gdpo":
-        span_masks = whole_response_masks(response_mask)  # (B, 1, T)
-        advantages = gdpo_advantages(rewards.components, group_ids(groups), estimator.weights())  # (B, 1)
-        return Batch(groups, rewards, ("gdpo",), response_ids, response_mask, span_masks, advantages)
-    else:
-        components, component_rewards = ("overall",), rewards.overall.unsqueeze(1)  # (B, 1)
-        span_masks = whole_response_masks(response_mask)  # (B, 1, T)
-    advantages = group_advantages(component_rewards, group_ids(groups))  # (B, n_c)
-    return Batch(groups, rewards, tuple(components), response_ids, response_mask, span_masks, advantages)
+    locate = estimator.locator(tag_ids, groups, locate_spans)
+    components, span_masks, advantages = estimator.spans_and_advantages(
+        mode, rewards, group_ids(groups), locate, response_ids, response_mask
+    )  # n_c names, (B, n_c, T), (B, n_c)
+    return Batch(groups, rewards, components, response_ids, response_mask, span_masks, advantages)
 
 
 # --- 6. the loss, micro-batch by micro-batch ----------------------------------------------------------------------
