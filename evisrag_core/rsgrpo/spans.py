@@ -22,6 +22,12 @@ start/end. Measured on a trained BPE in tests/unit/test_spans.py:
     ">Image"). Qwen2's split keeps "<think" itself intact whatever precedes it, except a space or punctuation.
 The search runs on the generated ids, which need not be the canonical encoding of the decoded text either.
 
+`released_span_masks` (`rsgrpo.span_masks: released`) gives the masks of the reference before its commit 6d43409, with
+which the released checkpoints were trained: accuracy and is_think keep their spans only in the first row of each
+reward call (a round of sampling, `step.collect_groups`), and end-tag spans are also cut at `<answer>` in every row
+but a call's last. Its tag search runs over a row's valid tokens, the reference's over the padded row (padding ids
+form no tag, so the masks agree).
+
 `char_offset_span_masks` (`rsgrpo.span_locator: char_offsets`, not the reference's behaviour) finds the same
 boundaries where the token-id search misses them: it decodes the response, takes the first occurrence of each tag
 in the *text*, and maps that character to the token holding it through the tokenizer's offset mapping. A token that
