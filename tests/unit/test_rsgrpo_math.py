@@ -239,6 +239,28 @@ def test_span_shares_of_the_micro_batches_add_up_to_one() -> None:
     assert total.tolist() == pytest.approx([1.0] * 6)
 
 
+@pytest.mark.parametrize(
+    ("micro_batches", "loss"),
+    [
+        # one micro-batch: L_0 = -(1 + 1 + 0 + 0) / 4, L_1 = -4 / 4, both active → (-0.5 - 1) / 2
+        ([[0, 1]], -0.75),
+        # one row each, shares 1/2: row 0 has both active → (-0.5 - 0.5) / 2; row 1 only component 1 → -0.5 / 1
+        ([[0], [1]], -1.0),
+    ],
+)
+def test_the_mean_over_active_components_is_taken_per_micro_batch(micro_batches: list, loss: float) -> None:
+    """Why the packing matters (rsgrpo.micro_batch_tokens): a component inactive in a micro-batch leaves the mean of
+    that micro-batch, so the same batch gives another loss in other micro-batches (ρ = 1, every token in both spans)."""
+    advantages = torch.tensor([[1.0, 1.0], [0.0, 1.0]])  # (B=2, n=2): component 0 active in row 0 only
+    spans = torch.ones(2, 2, 2, dtype=torch.bool)  # (B, n, T=2)
+    log_probs = torch.zeros(2, 2)
+    total = 0.0
+    for rows in micro_batches:
+        scaled = advantages[rows] * span_share(spans, rows)
+        total += float(policy_loss(log_probs[rows], log_probs[rows], scaled, spans[rows])[0])
+    assert total == pytest.approx(loss)
+
+
 def test_all_zero_components_give_a_finite_zero_loss() -> None:
     log_probs = torch.zeros(2, 3, requires_grad=True)
     spans = torch.ones(2, 2, 3, dtype=torch.bool)
