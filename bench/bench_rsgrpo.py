@@ -94,15 +94,19 @@ def rl_config(model_dir: Path, run_dir: Path, n: int, prompts: int, max_new_toke
 def ours_steps(cfg: RSGRPOParams, rl_file: Path, seed: int, warmup: int, steps: int) -> list[dict[str, float]]:
     """Run warmup + steps RS-GRPO steps; per timed step: wall/CPU seconds, rollout/update split, response length."""
     from evisrag_core.rsgrpo import step as loop
+    from evisrag_core.rsgrpo.estimators import Estimator
     from evisrag_core.rsgrpo.train import build_run
 
     run = build_run(cfg, rl_file, seed)
     timed = []
     for step in range(warmup + steps):
         t0, c0 = time.perf_counter(), time.process_time()
-        groups, rewards, metrics = loop.collect_groups(run)  # 1-3: rollouts, rewards (filtering off)
+        groups, rewards, metrics, edges = loop.collect_groups(run)  # 1-3: rollouts, rewards (filtering off)
         t1 = time.perf_counter()
-        batch = loop.spans_and_advantages(groups, rewards, cfg.mode, run.tag_ids, run.pad_id)  # 4-5
+        estimator = Estimator.from_params(cfg, edges)
+        batch = loop.spans_and_advantages(
+            groups, rewards, cfg.mode, run.tag_ids, run.pad_id, run.locate_spans, estimator
+        )  # 4-5
         loop.policy_update(run, batch)  # 6-7
         run.step += 1
         t2 = time.perf_counter()

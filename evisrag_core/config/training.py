@@ -14,6 +14,16 @@ from evisrag_core.config.base import ImagePixels, OnBadRecord, PromptTemplate, c
 from evisrag_core.config.profiles import ProfiledSection
 
 Precision = Literal["auto", "on", "off"]  # bf16: auto uses it where the hardware has it (fp32 on CPU)
+# gdpo's weights w_k, in the reward components' order (evisrag_core/rsgrpo/rewards.REWARD_COMPONENTS): the overall
+# reward's emphasis, 3 for accuracy and evidence, 1 for the others (spec §9)
+GDPO_WEIGHTS: dict[str, float] = {
+    "accuracy": 3.0,
+    "evidence": 3.0,
+    "format": 1.0,
+    "overlong": 1.0,
+    "is_observe": 1.0,
+    "is_think": 1.0,
+}
 
 
 class SFTParams(ProfiledSection):
@@ -69,7 +79,10 @@ class SFTParams(ProfiledSection):
 class RSGRPOParams(ProfiledSection):
     """Stage 2: reward-scoped GRPO from the SFT model (spec §4, §5); read by evisrag_core.rsgrpo.train.
 
-    `mode: grpo` is the plain-GRPO ablation: one scalar reward (`overall`) whose advantage covers the whole response.
+    `mode` picks the estimator (docs/rsgrpo.md): rsgrpo (each component's advantage on its own span), gdpo
+    (per-component group normalisation, a weighted sum with `gdpo_weights`, batch whitening, on every response token)
+    or grpo (one scalar reward, `overall`, whose advantage covers the whole response). `span_masks: released`
+    reproduces the reference's span masks before its commit 6d43409, with which the released checkpoints were trained.
     `profile: paper` applies the released values (8 GPUs in the reference; configs/profiles/paper.yaml) under the
     keys you set.
     """
@@ -82,7 +95,11 @@ class RSGRPOParams(ProfiledSection):
     val_log_file: str = "plots/rsgrpo_val.json"  # one row per validation: held-out rewards, answer accuracy
     val_sampled_log_file: str = "plots/rsgrpo_val_sampled.json"  # the same at the rollout temperature (val_sampled_n)
     report_dir: str = "reports/rsgrpo"
-    mode: Literal["rsgrpo", "grpo"] = "rsgrpo"
+    mode: Literal["rsgrpo", "gdpo", "grpo"] = "rsgrpo"
+    # fixed: one span mask per response (spec §5); released: the pre-6d43409 masks, where only row 0 of each reward
+    # call keeps its accuracy and is_think spans (rsgrpo/spans.py)
+    span_masks: Literal["fixed", "released"] = "fixed"
+    gdpo_weights: dict[str, float] = Field(default_factory=lambda: dict(GDPO_WEIGHTS))  # mode gdpo: w_k
     steps: int = Field(60, ge=1)  # optimizer steps; ignored when `epochs` is set
     epochs: float | None = Field(None, gt=0.0)  # steps = ceil(epochs · train prompts / rollout_batch_size)
     rollout_batch_size: int = Field(16, ge=1)  # prompt groups per step (after filtering)
@@ -92,6 +109,9 @@ class RSGRPOParams(ProfiledSection):
     max_new_tokens: int = Field(160, ge=1)
     max_prompt_length: int = Field(15000, ge=1)  # longer prompts (text + image tokens) are an error
     micro_batch_size: int = Field(0, ge=0)  # responses per forward/backward; 0: the whole rollout batch at once
+    # > 0: pack the responses into micro-batches by this many prompt + response tokens, as the reference's dynamic
+    # batching does (rsgrpo/packing.py); 0: micro_batch_size decides
+    micro_batch_tokens: int = Field(0, ge=0)
     rollout_backend: Literal["transformers", "vllm"] = "transformers"
     # transformers backend: shared_prefix (one prefill per prompt, rsgrpo/fast_decode.py) | generate (n copies)
     rollout_decoder: Literal["shared_prefix", "generate"] = "shared_prefix"
@@ -144,9 +164,33 @@ class RSGRPOParams(ProfiledSection):
             raise ValueError("rsgrpo.filter_low must be below rsgrpo.filter_high (no group could be kept)")
         if self.buffer_length > self.max_length:
             raise ValueError("rsgrpo.buffer_length must not exceed rsgrpo.max_length")
+        self._check_estimator()
+        if self.micro_batch_tokens and self.micro_batch_size:
+            raise ValueError(
+                f"rsgrpo.micro_batch_size={self.micro_batch_size} and rsgrpo.micro_batch_tokens="
+                f"{self.micro_batch_tokens} both set the micro-batches; set one of them to 0"
+            )
         if self.deepspeed and self.rollout_seeding != "group":
             raise ValueError(
                 "rsgrpo.deepspeed needs rsgrpo.rollout_seeding: group (each rank samples its share of the groups; "
                 "per-group seeds make the rollouts independent of that split)"
             )
         return self
+
+    def _check_estimator(self) -> None:
+        if self.span_masks == "released" and self.mode != "rsgrpo":
+            raise ValueError(
+                f"rsgrpo.span_masks: released changes the reward-scoped spans of mode rsgrpo; mode {self.mode} "
+                "applies one advantage to every response token and has no spans to change. Use mode: rsgrpo or "
+                "span_masks: fixed"
+            )
+        if self.span_masks == "released" and self.span_locator != "token_ids":
+            raise ValueError(
+                "rsgrpo.span_masks: released reproduces the reference's masks, found by token ids; it needs "
+                f"span_locator: token_ids (got {self.span_locator})"
+            )
+        if set(self.gdpo_weights) != set(GDPO_WEIGHTS):
+            raise ValueError(
+                f"rsgrpo.gdpo_weights must give one weight to each reward component {sorted(GDPO_WEIGHTS)}; got "
+                f"{sorted(self.gdpo_weights)}"
+            )

@@ -14,14 +14,18 @@ For a rollout batch of prompts x_g with tagged ground truths G_g (g = 1..P, P = 
                    advantage on j's span;  + β · token mean of k3(π_θ ‖ π_ref) when kl_coef β > 0
     7. update      one AdamW step on ∇L, ‖∇L‖ clipped to max_grad_norm; vision tower frozen
 
-Plain GRPO (`mode: grpo`) is the same step with one component, `overall`, whose span is the whole response.
+Estimators (`rsgrpo.mode`, docs/rsgrpo.md). Plain GRPO (`grpo`) is the same step with one component, `overall`,
+whose span is the whole response. GDPO (`gdpo`) also has one component on the whole response, with the advantage
+A[i] = whiten_B(Σ_j w_j A[i, j]) (`objective.gdpo_advantages`). `span_masks: released` keeps step 5 and changes step
+4 to the reference's masks before its commit 6d43409 (`spans.released_span_masks`).
 
 π_old. The reference's actor batch is the whole rollout batch, so each rollout batch gives exactly one update and
 π_old is the policy being updated: old_log_probs = log_probs.detach(), ρ = 1 exactly, and the clip terms never
 bind (the clip fractions are logged and read 0). The gradient is that of −Σ A·log π over the spans.
 
-Micro-batches. With micro_batch_size m > 0 the B responses go through forward/backward m at a time and the
-gradients add up. Component j's advantages in a micro-batch are scaled by its share of j's span tokens,
+Micro-batches. With micro_batch_size m > 0 the B responses go through forward/backward m at a time, with
+micro_batch_tokens they are packed by a token budget as the reference packs them (`packing`), and the gradients add
+up. Component j's advantages in a micro-batch are scaled by its share of j's span tokens,
 N_j(mb) / N_j (`objective.span_share`, the reference's rescaling; the loss is linear in A), and the mean over active
 components is taken per micro-batch, as the reference does. With m = 0 there is one micro-batch, the shares are
 exactly 1, and L is the formula above. "Active" counts advantages, not the reference's `L_j != 0` value test (with
@@ -39,7 +43,10 @@ Map of the package (an audit reads the first five, in this order):
     state.py          Run, Rewards (overall + components by name), Batch, the UpdateStrategy interface
     rewards.py        step 2: score(response, ground_truth, response_length), the six components and weights
     spans.py          step 4: component_span_masks, the token span of each component
-    objective.py      steps 3, 5, 6: filter_groups, group_advantages, span_share, policy_loss, kl_penalty
+    objective.py      steps 3, 5, 6: filter_groups, group_advantages, gdpo_advantages, span_share, policy_loss,
+                      kl_penalty
+    estimators.py     what rsgrpo.mode and rsgrpo.span_masks add to steps 4-5 (gdpo weights, reward-call edges)
+    packing.py        step 6's micro-batches: fixed size, or the reference's token-budget packing
     prompt_stream.py  which prompts come next (epochs reshuffled by seed), the train/validation split
     rollout.py        step 1: prompt encoding and sampling (TransformersRollout, VllmRollout)
     fast_decode.py    the shared-prefix sampler behind TransformersRollout (one prefill per prompt)

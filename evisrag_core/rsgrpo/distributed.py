@@ -11,8 +11,11 @@ batch and n rollouts per prompt (B = P·n responses):
   split: its advantages are normalised inside it. With `rollout_seeding: group` a group's samples depend on its
   seed only, so W ranks sample exactly what one process samples.
 - Update (steps 6-7). The B responses are cut into micro-batches of m (`micro_batch_size`, or B/W when 0); rank r
-  takes the r-th contiguous W-th of them. The span-token counts N_j behind each micro-batch's share N_j(mb)/N_j come
-  from the whole batch, so the micro-batch losses add up to the single-process loss of the same micro-batches.
+  takes the r-th contiguous W-th of them. With `micro_batch_tokens` rank r packs its contiguous W-th of the rows by
+  the token budget (`packing`), all ranks into the largest count any of them needs, as the reference does; the
+  number varies from step to step, so the last micro-batch is marked as DeepSpeed's accumulation boundary by hand.
+  The span-token counts N_j behind each micro-batch's share N_j(mb)/N_j come from the whole batch, so the
+  micro-batch losses add up to the single-process loss of the same micro-batches.
   DeepSpeed averages gradients over ranks, so each rank's loss is multiplied by W; `engine.backward` runs without
   its 1/accumulation scaling (the shares already weight the micro-batches). `engine.step` clips the global
   gradient norm (`gradient_clipping` = max_grad_norm) and applies the AdamW update.
@@ -41,9 +44,10 @@ import torch
 from evisrag_core.config import RSGRPOParams
 from evisrag_core.data.schema import RLPrompt
 from evisrag_core.rsgrpo.objective import active_components
+from evisrag_core.rsgrpo.packing import micro_batch_count, micro_batches
 from evisrag_core.rsgrpo.rollout import Group, PromptEncoder
 from evisrag_core.rsgrpo.state import Batch, Rewards, Run, Sample, Scored
-from evisrag_core.rsgrpo.step import CLIP_KEYS, TOTAL_KEYS, accumulate_gradients, micro_batches, update_metrics
+from evisrag_core.rsgrpo.step import CLIP_KEYS, TOTAL_KEYS, accumulate_gradients, update_metrics
 
 log = logging.getLogger(__name__)
 DEEPSPEED_TAG = "deepspeed"  # the engine checkpoint's sub-folder inside a step-NNNNNN checkpoint
@@ -70,7 +74,11 @@ def responses_per_rank(cfg: RSGRPOParams, world: int) -> int:
 
 
 def micro_batch_size(cfg: RSGRPOParams, world: int) -> int:
-    """Responses per forward/backward on a rank: micro_batch_size, or a rank's whole share when it is 0."""
+    """Responses per forward/backward on a rank: micro_batch_size, or a rank's whole share when it is 0. With
+    micro_batch_tokens the packed micro-batches vary in size and number; DeepSpeed is then told 1 response × a rank's
+    share as accumulation steps (an upper bound) and the update marks the last micro-batch itself."""
+    if cfg.micro_batch_tokens:
+        return 1
     return cfg.micro_batch_size or responses_per_rank(cfg, world)
 
 
@@ -181,18 +189,37 @@ class DeepSpeedUpdate:
         every rank skips the same steps (an update DeepSpeed starts must be finished by all ranks)."""
         if not bool(active_components(batch.advantages, batch.span_masks).any()):
             return update_metrics(run, dict.fromkeys(TOTAL_KEYS, 0.0), dict.fromkeys(CLIP_KEYS, 0.0), 0.0, True)
-        size = micro_batch_size(run.cfg, self.world)
-        mine = self.my_micro_batches(micro_batches(len(batch.response_ids), size))
-        batch = replace(batch, groups=self.with_inputs(batch.groups, [row for rows in mine for row in rows]))
+        if run.cfg.micro_batch_tokens:
+            batch, mine = self.packed_micro_batches(batch, run.cfg.micro_batch_tokens)
+        else:
+            size = micro_batch_size(run.cfg, self.world)
+            mine = self.my_micro_batches(micro_batches(list(range(len(batch.response_ids))), size))
+            batch = replace(batch, groups=self.with_inputs(batch.groups, [row for rows in mine for row in rows]))
         run.policy.train()
         grad_norm = [float("nan")]
+        done = [0]
 
         def backward(loss: torch.Tensor) -> None:
+            done[0] += 1
+            if run.cfg.micro_batch_tokens:  # packed: as many micro-batches as the budget asked for, not DeepSpeed's
+                self.engine.set_gradient_accumulation_boundary(done[0] == len(mine))
             self.backward(loss)
             grad_norm[0] = self.step()  # DeepSpeed updates at the last micro-batch of the batch
 
         totals, clip_stats = accumulate_gradients(run, batch, mine, self.engine, backward)
         return update_metrics(run, self.sum(totals), self.sum(clip_stats), grad_norm[0], False)
+
+    def packed_micro_batches(self, batch: Batch, budget: int) -> tuple[Batch, list[list[int]]]:
+        """This rank's contiguous share of the rows packed by the token budget into as many micro-batches as the
+        rank that needs the most (the reference all-reduces that count with MAX), so every rank runs the same number.
+        Returns the batch with this rank's prompts encoded, and the micro-batches."""
+        share = len(batch.response_ids) // self.world
+        rows = list(range(self.rank * share, (self.rank + 1) * share))
+        batch = replace(batch, groups=self.with_inputs(batch.groups, rows))
+        lengths = batch.row_tokens(rows)
+        count = torch.tensor([micro_batch_count(lengths, budget)], dtype=torch.long)
+        torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MAX)
+        return batch, micro_batches(rows, 0, budget, lengths, int(count))
 
     def my_micro_batches(self, micro_batches: list[list[int]]) -> list[list[int]]:
         per_rank = len(micro_batches) // self.world

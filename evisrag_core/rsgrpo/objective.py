@@ -1,6 +1,7 @@
 """RS-GRPO maths (spec §5): group advantages per reward component, scoped to spans, and the clipped policy loss.
 
-Notation (shapes in brackets): B responses, n_c reward components, T response tokens.
+Notation (shapes in brackets): B responses, n_c reward components, T response tokens. (The two other estimators,
+`rsgrpo.mode` gdpo and grpo, have one component covering the whole response; gdpo's advantage is `gdpo_advantages`.)
 
     R        [B, n_c]     component rewards of each response (`evisrag_core.rsgrpo.rewards.score`, weighted)
     g(i)                  the group of response i: the `rsgrpo.n` rollouts of the same prompt
@@ -73,6 +74,27 @@ def group_advantages(rewards: torch.Tensor, group_ids: Sequence[Hashable], eps: 
         group = rewards64[index] - rewards64[index[0]]  # (group size, n), shifted by the first member
         advantages[index] = (group - group.mean(dim=0)) / (group.std(dim=0, correction=1) + eps)
     return advantages.to(rewards.dtype)
+
+
+def gdpo_advantages(
+    rewards: torch.Tensor, group_ids: Sequence[Hashable], weights: torch.Tensor, eps: float = 1e-6
+) -> torch.Tensor:
+    """GDPO's one advantage per response (spec §9): per-component group normalisation, weighted sum, batch whitening.
+
+        A_k[i] = group_advantages(R)[i, k]                       (eps inside each group's std, as in spec §5)
+        S[i]   = Σ_k w_k A_k[i]
+        A[i]   = (S[i] - mean_B S) / (std_B S + eps)             (Bessel's std over the batch's B responses)
+
+    rewards (B, n); weights (n,); returns (B, 1) in the dtype of `rewards`. TRL's `normalize_then_sum` is this formula
+    with eps = 1e-4 in both places; ours is 1e-6. A batch whose S is constant gets A = 0 exactly.
+    """
+    if weights.shape != rewards.shape[1:]:
+        raise ValueError(f"gdpo_advantages: {tuple(weights.shape)} weights for {rewards.shape[1]} reward components")
+    per_component = group_advantages(rewards.detach().to(torch.float64), group_ids, eps)  # (B, n)
+    summed = per_component @ weights.to(torch.float64)  # (B,)
+    summed = summed - summed[0]  # as in group_advantages: a constant S centres to exactly 0
+    whitened = (summed - summed.mean()) / (summed.std(correction=1) + eps)  # (B,)
+    return whitened.unsqueeze(1).to(rewards.dtype)
 
 
 def token_advantages(advantages: torch.Tensor, span_masks: torch.Tensor) -> torch.Tensor:

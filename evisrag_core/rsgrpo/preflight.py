@@ -92,6 +92,12 @@ def _check_update(cfg: RSGRPOParams, problems: list[str]) -> None:
         )
     if cfg.filter_low >= cfg.filter_high:
         problems.append(f"rsgrpo.filter_low={cfg.filter_low} ≥ filter_high={cfg.filter_high}: no group can be kept")
+    longest = cfg.max_prompt_length + cfg.max_new_tokens
+    if cfg.micro_batch_tokens and cfg.micro_batch_tokens < longest:
+        problems.append(
+            f"rsgrpo.micro_batch_tokens={cfg.micro_batch_tokens} < max_prompt_length + max_new_tokens = {longest}: "
+            "the longest prompt + response would not fit one micro-batch (the reference's budget is that sum)"
+        )
 
 
 def _check_lengths(cfg: RSGRPOParams, images: int, problems: list[str]) -> None:
@@ -171,9 +177,15 @@ def plan_rsgrpo(
     if problems:
         raise PlanError("RS-GRPO configuration is inconsistent:\n  - " + "\n  - ".join(problems))
 
+    packing = (
+        f"packed into micro-batches by {cfg.micro_batch_tokens} prompt + response tokens"
+        if cfg.micro_batch_tokens
+        else f"in {per_rank // micro} micro-batch(es) of {micro}"
+    )
     notes = [
         f"actor batch {cfg.rollout_batch_size * cfg.n} = {cfg.rollout_batch_size} prompts × n {cfg.n}; per rank "
-        f"{per_rank} responses in {per_rank // micro} micro-batch(es) of {micro}; one update per rollout batch",
+        f"{per_rank} responses {packing}; one update per rollout batch",
+        f"estimator {cfg.mode}" + (f", span masks {cfg.span_masks}" if cfg.mode == "rsgrpo" else ""),
         f"seed {seed}: rollouts seeded per {'prompt group' if cfg.rollout_seeding == 'group' else 'rollout batch'}",
     ]
     if ds is not None:

@@ -22,6 +22,12 @@ start/end. Measured on a trained BPE in tests/unit/test_spans.py:
     ">Image"). Qwen2's split keeps "<think" itself intact whatever precedes it, except a space or punctuation.
 The search runs on the generated ids, which need not be the canonical encoding of the decoded text either.
 
+`released_span_masks` (`rsgrpo.span_masks: released`) gives the masks of the reference before its commit 6d43409, with
+which the released checkpoints were trained: accuracy and is_think keep their spans only in the first row of each
+reward call (a round of sampling, `step.collect_groups`), and end-tag spans are also cut at `<answer>` in every row
+but a call's last. Its tag search runs over a row's valid tokens, the reference's over the padded row (padding ids
+form no tag, so the masks agree).
+
 `char_offset_span_masks` (`rsgrpo.span_locator: char_offsets`, not the reference's behaviour) finds the same
 boundaries where the token-id search misses them: it decodes the response, takes the first occurrence of each tag
 in the *text*, and maps that character to the token holding it through the tokenizer's offset mapping. A token that
@@ -106,16 +112,22 @@ def component_span_masks(
     response_ids, response_mask: (batch, seq); `tag_ids` from `tag_token_ids`. Returns bool (batch, n_components,
     seq): span_mask[i, j, t] is true when token t of response i is valid and start[i, j] ≤ t < end[i, j].
     """
+    return masks_from_bounds(component_span_bounds(response_ids, response_mask, tag_ids), response_mask.bool())
+
+
+def component_span_bounds(
+    response_ids: torch.Tensor, response_mask: torch.Tensor, tag_ids: dict[str, list[int]]
+) -> list[list[list[int]]]:
+    """[start, end) of every component's span in every response: (batch, n_components, 2) as nested lists."""
     missing = {tag for bounds in SPAN_TAGS.values() for tag in bounds if tag is not None} - tag_ids.keys()
     if missing:
         raise KeyError(f"component_span_masks: tag_ids lacks {sorted(missing)}; build it with tag_token_ids()")
     valid = response_mask.bool()  # (batch, seq)
     seq_len = response_ids.shape[1]
-    bounds = [
+    return [
         span_bounds(row_ids[row_valid].tolist(), row_valid.nonzero().flatten().tolist(), seq_len, tag_ids)
         for row_ids, row_valid in zip(response_ids, valid, strict=True)
     ]
-    return masks_from_bounds(bounds, valid)
 
 
 def masks_from_bounds(bounds: list[list[list[int]]], valid: torch.Tensor) -> torch.Tensor:
@@ -124,6 +136,62 @@ def masks_from_bounds(bounds: list[list[list[int]]], valid: torch.Tensor) -> tor
     start, end = bounds_t[..., 0:1], bounds_t[..., 1:2]  # (batch, n_components, 1)
     t = torch.arange(valid.shape[1], device=valid.device)  # (seq,)
     return (t >= start) & (t < end) & valid.unsqueeze(1)  # (batch, n_components, seq)
+
+
+# --- the released checkpoints' masks (rsgrpo.span_masks: released) ---------------------------------------------------
+
+# The last component (in REWARD_COMPONENTS order) with a start tag and the last with an end tag: their boundaries are
+# what the reference's shared index arrays hold for a row once that row has been processed.
+_LAST_START = max(j for j, name in enumerate(REWARD_COMPONENTS) if SPAN_TAGS[name][0] is not None)
+_LAST_END = max(j for j, name in enumerate(REWARD_COMPONENTS) if SPAN_TAGS[name][1] is not None)
+
+
+def released_span_masks(
+    bounds: list[list[list[int]]], valid: torch.Tensor, first_of_call: list[bool], last_of_call: list[bool]
+) -> torch.Tensor:
+    """The span masks of the reference's reward function before its commit 6d43409 (the released checkpoints').
+
+    bounds (batch, n_components, 2) from `component_span_bounds`; valid (batch, seq); first_of_call / last_of_call:
+    whether each row was the first / last row of the reward call that scored it. Returns bool (batch, n_comp, seq).
+
+    That function kept one start index and one end index per row, shared by the components, initialised to "past
+    the end" (seq_len), and while processing row i set row i's index for component j and multiplied the masks of
+    *all* rows of the call by `t >= start[row]` (a start tag) and `t < end[row]` (an end tag). For row r of a call
+    of rows 0..N-1, component j's mask is therefore the product over i = 0..N-1 of what row r's index was then:
+
+        i < r   seq_len              start: `t >= seq_len` empties the mask   end: `t < seq_len` keeps it
+        i = r   j's own boundary     the fixed mask of spec §5
+        i > r   the row's index after its last component: is_think's (<think> for starts, <answer> for ends)
+
+    so a start-tag component (accuracy, is_think) keeps its span in row 0 of the call only (there `t >= <think>`
+    again, a no-op), and in every row but the last, an end-tag component (evidence, is_observe, is_think) is also cut
+    at the row's `<answer>`: a no-op unless `<answer>` comes before the component's own end tag.
+    """
+    if not len(bounds) == len(first_of_call) == len(last_of_call) == valid.shape[0]:
+        raise ValueError("released_span_masks: bounds, first_of_call, last_of_call and valid need one entry per row")
+    seq_len = valid.shape[1]
+    cut = []
+    for row, (first, last) in enumerate(zip(first_of_call, last_of_call, strict=True)):
+        row_bounds = []
+        for j, name in enumerate(REWARD_COMPONENTS):
+            start_tag, end_tag = SPAN_TAGS[name]
+            start, end = bounds[row][j]
+            if start_tag is not None:
+                start = start if first else seq_len
+                start = start if last else max(start, bounds[row][_LAST_START][0])
+            if end_tag is not None and not last:
+                end = min(end, bounds[row][_LAST_END][1])
+            row_bounds.append([start, end])
+        cut.append(row_bounds)
+    return masks_from_bounds(cut, valid)
+
+
+def row_edges(group_edges: list[tuple[bool, bool]], n: int) -> tuple[list[bool], list[bool]]:
+    """first_of_call, last_of_call per response row from each group's (first group of its reward call, last group of
+    its reward call), n responses per group: a call's first row is its first group's first response."""
+    first = [edge[0] and k == 0 for edge in group_edges for k in range(n)]
+    last = [edge[1] and k == n - 1 for edge in group_edges for k in range(n)]
+    return first, last
 
 
 # --- the char_offsets locator -------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import torch
 from evisrag_core.config import RSGRPOParams
 from evisrag_core.data.schema import RLPrompt
 from evisrag_core.rsgrpo.rewards import REWARD_COMPONENTS
-from evisrag_core.rsgrpo.rollout import Group
+from evisrag_core.rsgrpo.rollout import Group, response_rows
 from evisrag_core.rsgrpo.spans import SpanLocator
 
 REWARD_KEYS = ("overall", *REWARD_COMPONENTS)  # overall, then every component: the order of metrics and tables
@@ -68,6 +68,13 @@ class Batch:
     response_mask: torch.Tensor  # (B, T)
     span_masks: torch.Tensor  # (B, n_c, T)
     advantages: torch.Tensor  # (B, n_c)
+
+    def row_tokens(self, rows: Sequence[int]) -> list[int]:
+        """Prompt + response tokens of each row, what the reference's token budget counts (the rows' groups must
+        carry their encoded prompts)."""
+        index = response_rows(self.groups)
+        lengths = self.response_mask.sum(dim=1).tolist()  # (B,)
+        return [len(self.groups[index[row][0]].inputs.input_ids) + lengths[row] for row in rows]
 
 
 Scored = tuple[list[Group], list[Rewards]]  # P groups and their rewards, in prompt order

@@ -3,8 +3,8 @@
     1. rollouts    rollout_and_score      y_{g,1..n} ~ π_θ(· | x_g) for the next P prompts
     2. rewards     group_rewards          `Rewards`: overall and the six components, by name
     3. filter      collect_groups         keep group g iff filter_low < mean overall < filter_high
-    4-5. spans, advantages   spans_and_advantages   span[i, j, t], A[i, j]
-    6. loss        accumulate_gradients   policy_loss per micro-batch (+ β·KL), gradients add up
+    4-5. spans, advantages   spans_and_advantages   span[i, j, t], A[i, j] (by rsgrpo.mode)
+    6. loss        accumulate_gradients   policy_loss per micro-batch (+ β·KL), gradients add up (packing.py)
     7. update      LocalUpdate.apply      clip ‖∇L‖, one AdamW step
 
 `run.update`, chosen once in train.build_run, spreads the work over processes: `LocalUpdate` (this process alone)
@@ -13,7 +13,6 @@ or `distributed.DeepSpeedUpdate` (torchrun ranks), one interface (`state.UpdateS
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,18 +23,13 @@ import torch
 from evisrag_core.config import RSGRPOParams
 from evisrag_core.data.schema import RLPrompt
 from evisrag_core.io import atomic_dir
-from evisrag_core.rsgrpo.objective import (
-    entropy_from_logits,
-    filter_groups,
-    group_advantages,
-    kl_penalty,
-    policy_loss,
-    span_share,
-)
+from evisrag_core.rsgrpo.estimators import DEFAULT_ESTIMATOR, Estimator
+from evisrag_core.rsgrpo.objective import entropy_from_logits, filter_groups, kl_penalty, policy_loss, span_share
+from evisrag_core.rsgrpo.packing import micro_batches
 from evisrag_core.rsgrpo.prompt_stream import next_prompts, rollout_seeds
-from evisrag_core.rsgrpo.rewards import REWARD_COMPONENTS, score
+from evisrag_core.rsgrpo.rewards import score
 from evisrag_core.rsgrpo.rollout import Group, Sampling, batch_to, group_ids, pad_responses, policy_inputs
-from evisrag_core.rsgrpo.spans import SpanLocator, component_span_masks, whole_response_masks
+from evisrag_core.rsgrpo.spans import SpanLocator
 from evisrag_core.rsgrpo.state import Batch, Rewards, Run, Sample, Scored
 
 OPTIMIZER_FILE = "optimizer.pt"  # a single-process checkpoint's AdamW state
@@ -72,14 +66,16 @@ def rollout_and_score(run: Run, sampling: Sampling) -> Scored:
     return run.update.rollout_and_score(prompts, seeds, sample)
 
 
-def collect_groups(run: Run) -> tuple[list[Group], Rewards, dict[str, float]]:
+def collect_groups(run: Run) -> tuple[list[Group], Rewards, dict[str, float], list[tuple[bool, bool]]]:
     """Steps 1-3: sample, score and filter until rollout_batch_size groups are kept. Returns the kept groups, their
-    rewards and rollout metrics: reward means over *every* sampled response of the step (kept or not), the fraction
-    of groups filtered out and the number of rounds."""
+    rewards, rollout metrics (reward means over *every* sampled response of the step, kept or not, the fraction of
+    groups filtered out and the number of rounds) and, per kept group, whether it was the first / last group of its
+    round: a round's rewards are one reward call of the reference (`spans.released_span_masks`)."""
     cfg = run.cfg
     sampling = Sampling(cfg.n, cfg.temperature, cfg.top_p, cfg.max_new_tokens)
     kept: list[Group] = []
     kept_rewards: list[Rewards] = []
+    edges: list[tuple[bool, bool]] = []
     sampled: list[Rewards] = []
     lengths: list[int] = []
     rounds = 0
@@ -96,17 +92,19 @@ def collect_groups(run: Run) -> tuple[list[Group], Rewards, dict[str, float]]:
         overall = torch.cat([r.overall for r in rewards])  # (P·n,)
         keep = filter_groups(overall, group_ids(groups), cfg.filter_low, cfg.filter_high)  # (P·n,)
         group_kept = keep[:: cfg.n]  # (P,) a group is kept or dropped whole
-        for group, reward, kept_group in zip(groups, rewards, group_kept, strict=True):
+        for k, (group, reward, kept_group) in enumerate(zip(groups, rewards, group_kept, strict=True)):
             if kept_group or not cfg.online_filtering:
                 kept.append(group)
                 kept_rewards.append(reward)
+                edges.append((k == 0, k == len(groups) - 1))
         sampled.extend(rewards)
         lengths.extend(len(ids) for group in groups for ids in group.responses)
     metrics = Rewards.cat(sampled).means("reward/")
     metrics["filter/dropped_fraction"] = 1.0 - len(kept) / len(sampled)
     metrics["filter/rounds"] = float(rounds)
     metrics["response_length/mean"] = float(np.mean(lengths))
-    return kept[: cfg.rollout_batch_size], Rewards.cat(kept_rewards[: cfg.rollout_batch_size]), metrics
+    size = cfg.rollout_batch_size
+    return kept[:size], Rewards.cat(kept_rewards[:size]), metrics, edges[:size]
 
 
 # --- 4-5. spans and advantages ------------------------------------------------------------------------------------
@@ -119,18 +117,17 @@ def spans_and_advantages(
     tag_ids: dict[str, list[int]],
     pad_id: int,
     locate_spans: SpanLocator | None = None,
+    estimator: Estimator = DEFAULT_ESTIMATOR,
 ) -> Batch:
-    """Steps 4-5: each component's token span and its group-normalised advantage (plain GRPO: overall only)."""
+    """Steps 4-5 by `mode` (`estimators.Estimator.spans_and_advantages`): rsgrpo, each component's token span and
+    group-normalised advantage; gdpo, one whitened weighted sum on the whole response; grpo, overall's advantage on
+    it."""
     response_ids, response_mask = pad_responses(groups, pad_id)  # (B, T)
-    if mode == "rsgrpo":
-        components, component_rewards = REWARD_COMPONENTS, rewards.components  # (B, 6)
-        locate = locate_spans or functools.partial(component_span_masks, tag_ids=tag_ids)
-        span_masks = locate(response_ids, response_mask)  # (B, 6, T)
-    else:
-        components, component_rewards = ("overall",), rewards.overall.unsqueeze(1)  # (B, 1)
-        span_masks = whole_response_masks(response_mask)  # (B, 1, T)
-    advantages = group_advantages(component_rewards, group_ids(groups))  # (B, n_c)
-    return Batch(groups, rewards, tuple(components), response_ids, response_mask, span_masks, advantages)
+    locate = estimator.locator(tag_ids, groups, locate_spans)
+    components, span_masks, advantages = estimator.spans_and_advantages(
+        mode, rewards, group_ids(groups), locate, response_ids, response_mask
+    )  # n_c names, (B, n_c, T), (B, n_c)
+    return Batch(groups, rewards, components, response_ids, response_mask, span_masks, advantages)
 
 
 # --- 6. the loss, micro-batch by micro-batch ----------------------------------------------------------------------
@@ -147,11 +144,6 @@ def response_log_probs(
     targets = response_ids.to(logits.device).unsqueeze(-1)  # (b, T, 1)
     log_probs = logits.gather(-1, targets).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # (b, T)
     return log_probs, logits
-
-
-def micro_batches(batch: int, size: int) -> list[list[int]]:
-    size = size or batch
-    return [list(range(start, min(start + size, batch))) for start in range(0, batch, size)]
 
 
 def accumulate_gradients(
@@ -216,7 +208,9 @@ class LocalUpdate:
         with no active component (or a non-finite gradient norm) is skipped, as the reference's optimizer does."""
         run.policy.train()
         run.optimizer.zero_grad(set_to_none=True)
-        rows_of = micro_batches(len(batch.response_ids), run.cfg.micro_batch_size)
+        rows = list(range(len(batch.response_ids)))
+        budget = run.cfg.micro_batch_tokens
+        rows_of = micro_batches(rows, run.cfg.micro_batch_size, budget, batch.row_tokens(rows) if budget else ())
         totals, clip_stats = accumulate_gradients(run, batch, rows_of, run.policy, torch.Tensor.backward)
         trainable = [p for p in run.policy.parameters() if p.requires_grad]
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, run.cfg.max_grad_norm)
@@ -245,8 +239,9 @@ def policy_update(run: Run, batch: Batch) -> dict[str, float]:
 
 def train_step(run: Run) -> tuple[dict[str, float], Batch]:
     """One RS-GRPO step; returns its metrics and the batch it trained on."""
-    groups, rewards, metrics = collect_groups(run)  # 1-3
-    batch = spans_and_advantages(groups, rewards, run.cfg.mode, run.tag_ids, run.pad_id, run.locate_spans)  # 4-5
+    groups, rewards, metrics, edges = collect_groups(run)  # 1-3
+    estimator = Estimator.from_params(run.cfg, edges)
+    batch = spans_and_advantages(groups, rewards, run.cfg.mode, run.tag_ids, run.pad_id, run.locate_spans, estimator)
     metrics.update(policy_update(run, batch))  # 6-7
     run.step += 1
     return metrics, batch

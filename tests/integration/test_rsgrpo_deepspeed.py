@@ -88,7 +88,19 @@ def _rows(db: Path, sql: str) -> list[tuple]:
 
 
 @pytest.mark.slow
-def test_zero2_on_two_cpu_ranks_matches_the_single_process_run(tiny_dataset: Path, tiny_model_dir: Path, tmp_path):
+@pytest.mark.parametrize(
+    "packing",
+    [
+        {"micro_batch_size": 4},  # one group per micro-batch in both runs
+        # the reference's token-budget packing: the single process packs 8 responses, each rank its 4, into as many
+        # micro-batches as the budget asks (ranks agree on the largest count); DeepSpeed's boundary set by hand
+        {"micro_batch_tokens": 1000},
+    ],
+    ids=["micro_batch_size", "micro_batch_tokens"],
+)
+def test_zero2_on_two_cpu_ranks_matches_the_single_process_run(
+    tiny_dataset: Path, tiny_model_dir: Path, tmp_path, packing: dict[str, int]
+):
     from evisrag_core.modeling import load_model_and_processor
 
     raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
@@ -98,7 +110,7 @@ def test_zero2_on_two_cpu_ranks_matches_the_single_process_run(tiny_dataset: Pat
         steps=STEPS,
         rollout_batch_size=2,
         n=4,
-        micro_batch_size=4,  # one group per micro-batch in both runs
+        **packing,
         max_new_tokens=12,
         learning_rate=1e-2,
         filter_low=-100.0,  # keep every group: the stub's overall rewards are in 0..6

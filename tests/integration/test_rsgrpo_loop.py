@@ -260,7 +260,7 @@ def test_micro_batches_add_up_to_the_whole_batch_gradient(
         run = build_run(cfg, rl_file, seed=0)
         run.optimizer = torch.optim.SGD([p for p in run.policy.parameters() if p.requires_grad], lr=1.0)
         if batch is None:
-            groups, rewards, _ = rsgrpo_step.collect_groups(run)
+            groups, rewards, _, _ = rsgrpo_step.collect_groups(run)
             batch = rsgrpo_step.spans_and_advantages(groups, rewards, "rsgrpo", run.tag_ids, run.pad_id)
         metrics = rsgrpo_step.policy_update(run, batch)
         assert metrics["actor/n_active_components"] == len(REWARD_COMPONENTS)
@@ -270,6 +270,58 @@ def test_micro_batches_add_up_to_the_whole_batch_gradient(
         for name, value in weights[0].items():
             assert torch.allclose(weights[size][name], value, atol=1e-6, rtol=1e-4), (size, name)
     assert any(not torch.equal(weights[0][name], base[name]) for name in base)
+
+
+def test_token_budget_micro_batches_add_up_to_the_whole_batch_gradient(
+    tiny_model_dir: Path, rl_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """rsgrpo.micro_batch_tokens: a budget holding the whole batch is the whole-batch update bit for bit; a budget
+    that packs several responses into each of several micro-batches gives the same gradient (every component active
+    in every micro-batch), as fixed micro-batches do."""
+    from evisrag_core.rsgrpo.packing import micro_batches
+
+    monkeypatch.setattr(rsgrpo_step, "score", distinct_reward)
+    base = config(tmp_path / "collect", tiny_model_dir)
+    run = build_run(base, rl_file, seed=0)
+    groups, rewards, _, _ = rsgrpo_step.collect_groups(run)
+    batch = rsgrpo_step.spans_and_advantages(groups, rewards, "rsgrpo", run.tag_ids, run.pad_id)
+    rows = list(range(len(batch.response_ids)))
+    lengths = batch.row_tokens(rows)
+    several = max(max(lengths), -(-sum(lengths) // 3))
+    packed = micro_batches(rows, 0, several, lengths)
+    assert len(packed) == 3 and all(len(mb) >= 2 for mb in packed)  # several responses per micro-batch
+    weights = {}
+    for name, budget in (("whole", 0), ("one", sum(lengths)), ("several", several)):
+        cfg = config(tmp_path / name, tiny_model_dir, micro_batch_tokens=budget, max_grad_norm=1e9)
+        run = build_run(cfg, rl_file, seed=0)
+        run.optimizer = torch.optim.SGD([p for p in run.policy.parameters() if p.requires_grad], lr=1.0)
+        metrics = rsgrpo_step.policy_update(run, batch)
+        assert metrics["actor/n_active_components"] == len(REWARD_COMPONENTS)
+        weights[name] = {key: p.detach().clone() for key, p in run.policy.named_parameters()}
+    assert all(torch.equal(weights["one"][key], value) for key, value in weights["whole"].items())
+    for key, value in weights["whole"].items():
+        assert torch.allclose(weights["several"][key], value, atol=1e-6, rtol=1e-4), key
+    start = dict(build_run(config(tmp_path / "start", tiny_model_dir), rl_file, 0).policy.named_parameters())
+    assert any(not torch.equal(weights["several"][key], start[key]) for key in start)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"mode": "gdpo"}, {"span_masks": "released"}, {"micro_batch_tokens": 4096}],
+    ids=["gdpo", "released", "tokens"],
+)
+def test_each_estimator_and_packing_trains(
+    tiny_model_dir: Path, rl_file: Path, tmp_path: Path, stub_rewards, settings: dict
+):
+    from evisrag_core.rsgrpo.train import train_rsgrpo
+
+    steps: list[dict[str, float]] = []
+    cfg = config(tmp_path, tiny_model_dir, steps=2, **settings)
+    summary = train_rsgrpo(cfg, rl_file, seed=0, on_step=lambda s, m: steps.append(m))
+    assert summary["finished"] and len(steps) == 2
+    assert not all(m["actor/skipped"] for m in steps)
+    trained, start = _weights(tmp_path / "model"), _weights(tiny_model_dir)
+    assert any(not torch.equal(trained[k], start[k]) for k in start)
 
 
 def test_kl_to_the_start_model_is_zero_until_the_policy_moves(
@@ -356,10 +408,19 @@ def test_filtering_keeps_only_groups_whose_mean_is_inside_the_band(
         overall = [{"failed": 0.0, "solved": 7.0}.get(kind, float(zlib.crc32(t.encode()) % 8)) for t in group.texts]
         return Rewards.from_scores([{"overall": v, **dict.fromkeys(REWARD_COMPONENTS, v / 6)} for v in overall])
 
+    rounds: list[list[str]] = []  # the prompt ids of each round (one reward call of the reference each)
+    sample = rsgrpo_step.rollout_and_score
+
+    def recorded(run, sampling):
+        groups, rewards = sample(run, sampling)
+        rounds.append([group.prompt.id for group in groups])
+        return groups, rewards
+
     monkeypatch.setattr(rsgrpo_step, "group_rewards", table)
+    monkeypatch.setattr(rsgrpo_step, "rollout_and_score", recorded)
     cfg = config(tmp_path, tiny_model_dir, filter_low=0.01, filter_high=6.9, n=4, val_size=0)
     run = build_run(cfg, rl_file, seed=0)
-    groups, rewards, metrics = rsgrpo_step.collect_groups(run)
+    groups, rewards, metrics, edges = rsgrpo_step.collect_groups(run)
 
     assert [g.prompt.id for g in groups] == [prompts[3].id] * 2  # the mixed prompt, drawn in two epochs
     means = rewards.overall.view(2, 4).mean(dim=1)
@@ -368,6 +429,9 @@ def test_filtering_keeps_only_groups_whose_mean_is_inside_the_band(
     assert drawn > len(prompts) and drawn % 2 == 0  # every prompt was drawn, in rounds of rollout_batch_size
     assert metrics["filter/rounds"] == drawn / 2
     assert metrics["filter/dropped_fraction"] == pytest.approx(1 - 2 / drawn)
+    # each kept group knows whether it opened or closed its round (span_masks: released keeps row 0 of a call)
+    mixed = [ids.index(prompts[3].id) for ids in rounds if prompts[3].id in ids]
+    assert edges == [(k == 0, k == 1) for k in mixed[:2]]
 
 
 def test_filtering_gives_up_after_max_tries(

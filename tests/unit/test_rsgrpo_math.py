@@ -11,6 +11,7 @@ from evisrag_core.rsgrpo.objective import (
     active_components,
     entropy_from_logits,
     filter_groups,
+    gdpo_advantages,
     group_advantages,
     kl_penalty,
     low_var_kl,
@@ -238,6 +239,28 @@ def test_span_shares_of_the_micro_batches_add_up_to_one() -> None:
     assert total.tolist() == pytest.approx([1.0] * 6)
 
 
+@pytest.mark.parametrize(
+    ("micro_batches", "loss"),
+    [
+        # one micro-batch: L_0 = -(1 + 1 + 0 + 0) / 4, L_1 = -4 / 4, both active → (-0.5 - 1) / 2
+        ([[0, 1]], -0.75),
+        # one row each, shares 1/2: row 0 has both active → (-0.5 - 0.5) / 2; row 1 only component 1 → -0.5 / 1
+        ([[0], [1]], -1.0),
+    ],
+)
+def test_the_mean_over_active_components_is_taken_per_micro_batch(micro_batches: list, loss: float) -> None:
+    """Why the packing matters (rsgrpo.micro_batch_tokens): a component inactive in a micro-batch leaves the mean of
+    that micro-batch, so the same batch gives another loss in other micro-batches (ρ = 1, every token in both spans)."""
+    advantages = torch.tensor([[1.0, 1.0], [0.0, 1.0]])  # (B=2, n=2): component 0 active in row 0 only
+    spans = torch.ones(2, 2, 2, dtype=torch.bool)  # (B, n, T=2)
+    log_probs = torch.zeros(2, 2)
+    total = 0.0
+    for rows in micro_batches:
+        scaled = advantages[rows] * span_share(spans, rows)
+        total += float(policy_loss(log_probs[rows], log_probs[rows], scaled, spans[rows])[0])
+    assert total == pytest.approx(loss)
+
+
 def test_all_zero_components_give_a_finite_zero_loss() -> None:
     log_probs = torch.zeros(2, 3, requires_grad=True)
     spans = torch.ones(2, 2, 3, dtype=torch.bool)
@@ -314,3 +337,71 @@ def test_kl_penalty_of_the_micro_batches_adds_up_to_the_batch_token_mean() -> No
     parts = [kl_penalty(log_probs[[i]], ref_log_probs[[i]], mask[[i]], tokens) for i in (0, 1)]
     assert float(sum(parts)) == pytest.approx(float(whole), abs=1e-7)
     assert float(kl_penalty(log_probs, log_probs, mask, tokens)) == 0.0  # no divergence from itself
+
+
+# --- gdpo (rsgrpo.mode: gdpo, spec §9) ------------------------------------------------------------------------------
+
+W_DEFAULT = torch.tensor([3.0, 3.0, 1.0, 1.0, 1.0, 1.0], dtype=torch.float64)  # accuracy, evidence, format, ...
+# Two groups of two; components accuracy, evidence, format, overlong, is_observe, is_think.
+GDPO_R = [
+    [3.0, 0.0, 1.0, 0.0, 0.0, 0.0],  # group 0
+    [0.0, 0.0, 1.0, 0.0, 0.0, 0.0],
+    [0.0, 3.0, 0.0, 0.0, 0.0, 0.0],  # group 1
+    [0.0, 0.0, 1.0, 0.0, 0.0, 0.0],
+]
+# A group of two with values a ≠ b normalises to ±(|a-b|/2) / (|a-b|/√2) = ±s, s = 1/√2; equal values give 0
+# (the eps in the denominator makes that 0/eps = 0; eps 1e-12 pins the eps → 0 numbers).
+# S = Σ w_k A_k: row 0 3s (accuracy), row 1 -3s; row 2 3s (evidence) - s (format) = 2s, row 3 -2s.
+# mean 0, Bessel std = s·√((9 + 9 + 4 + 4) / 3) = s·√(26/3)  →  A = S / std = ±3·√(3/26), ±2·√(3/26).
+GDPO_A = [3 * math.sqrt(3 / 26), -3 * math.sqrt(3 / 26), 2 * math.sqrt(3 / 26), -2 * math.sqrt(3 / 26)]
+
+
+@pytest.mark.parametrize(
+    ("rewards", "weights", "eps", "expected", "tolerance"),
+    [
+        pytest.param(GDPO_R, W_DEFAULT, 1e-12, GDPO_A, 1e-9, id="by hand (eps → 0)"),
+        pytest.param(GDPO_R, W_DEFAULT, 1e-6, GDPO_A, 1e-5, id="our eps 1e-6 barely moves it"),
+        # equal weights: S = s, -s, s - s = 0, 0 → mean 0, std = s·√(2/3) → ±√(3/2), 0
+        pytest.param(GDPO_R, torch.ones(6), 1e-12, [math.sqrt(1.5), -math.sqrt(1.5), 0, 0], 1e-9, id="weights 1"),
+        # only format counts: group 1 gives -s, +s, group 0 nothing → S = 0, 0, -s, s → ±√(3/2) on rows 2, 3
+        pytest.param(
+            GDPO_R,
+            torch.tensor([0.0, 0.0, 1.0, 0.0, 0.0, 0.0]),
+            1e-12,
+            [0.0, 0.0, -math.sqrt(1.5), math.sqrt(1.5)],
+            1e-9,
+            id="only format",
+        ),
+        pytest.param([[1.0] * 6] * 4, W_DEFAULT, 1e-6, [0.0] * 4, 0.0, id="no signal: exactly 0"),
+    ],
+)
+def test_gdpo_advantages_by_hand(
+    rewards: list[list[float]], weights: torch.Tensor, eps: float, expected: list[float], tolerance: float
+) -> None:
+    advantages = gdpo_advantages(torch.tensor(rewards, dtype=torch.float64), [0, 0, 1, 1], weights, eps)
+    assert advantages.shape == (4, 1)
+    assert advantages[:, 0].tolist() == pytest.approx(expected, abs=tolerance)
+
+
+def trl_normalize_then_sum(rewards: torch.Tensor, n: int, weights: torch.Tensor, eps: float) -> torch.Tensor:
+    """TRL's GRPOConfig(multi_objective_aggregation="normalize_then_sum") as its trainer computes it, written from
+    its formula (groups are n consecutive rows): per-component z-score in the group (Bessel std + eps), weighted sum,
+    then a z-score over the batch (Bessel std + eps)."""
+    grouped = rewards.view(-1, n, rewards.shape[1])
+    z = (grouped - grouped.mean(dim=1, keepdim=True)) / (grouped.std(dim=1, keepdim=True, correction=1) + eps)
+    summed = (z.view(-1, rewards.shape[1]) * weights).sum(dim=1)
+    return (summed - summed.mean()) / (summed.std(correction=1) + eps)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_gdpo_equals_trls_normalize_then_sum_with_its_eps(seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    rewards = torch.randint(-1, 4, (24, 6), generator=generator).to(torch.float64)  # ties: some zero-std groups
+    weights = torch.rand(6, generator=generator, dtype=torch.float64) * 3
+    ours = gdpo_advantages(rewards, [i // 8 for i in range(24)], weights, eps=1e-4)[:, 0]
+    assert torch.allclose(ours, trl_normalize_then_sum(rewards, 8, weights, 1e-4), rtol=1e-9, atol=1e-9)
+
+
+def test_gdpo_needs_one_weight_per_component() -> None:
+    with pytest.raises(ValueError, match="weights for 6 reward components"):
+        gdpo_advantages(torch.zeros(4, 6), [0, 0, 1, 1], torch.ones(5))

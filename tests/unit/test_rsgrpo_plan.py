@@ -28,7 +28,10 @@ def test_the_paper_profile_plans_8_ranks_of_zero2_with_the_released_settings() -
     cfg = paper()
     plan = plan_rsgrpo(cfg, seed=0, n_prompts=1000)
     assert plan.world_size == 8 and plan.rollout_batch == 32 and plan.responses_per_step == 256
+    # packed by the reference's 16536-token budget: DeepSpeed is told micro-batches of 1, at most 32 per step
     assert (plan.responses_per_rank, plan.micro_batch, plan.micro_batches_per_rank) == (32, 1, 32)
+    assert cfg.micro_batch_tokens == 15000 + 1536 and cfg.micro_batch_size == 0
+    assert "per rank 32 responses packed into micro-batches by 16536 prompt + response tokens" in plan.notes[0]
     assert cfg.val_size == 64 and plan.train_prompts == 1000 - 64  # val_size held out of rl.jsonl
     assert plan.steps == STEPS_1000  # ceil(16 epochs × 936 prompts / 32 per step)
     ds = plan.deepspeed
@@ -80,8 +83,9 @@ def test_the_code_defaults_alone_pass_their_own_dry_run() -> None:
     ("overrides", "message"),
     [
         ({"rollout_batch_size": 30}, r"rollout_batch_size=30 is not divisible by the 8 ranks"),
-        ({"micro_batch_size": 3}, r"micro_batch_size=3 does not divide a rank's 32 responses"),
-        ({"micro_batch_size": 64}, r"micro_batch_size=64 exceeds a rank's 32 responses"),
+        ({"micro_batch_size": 3, "micro_batch_tokens": 0}, r"micro_batch_size=3 does not divide a rank's 32 responses"),
+        ({"micro_batch_size": 64, "micro_batch_tokens": 0}, r"micro_batch_size=64 exceeds a rank's 32 responses"),
+        ({"micro_batch_tokens": 16000}, r"micro_batch_tokens=16000 < max_prompt_length \+ max_new_tokens = 16536"),
         ({"n": 1}, r"rsgrpo\.n=1: the group std"),
         ({"clip_low": 1.0}, r"clip_low=1\.0 must be in \[0, 1\)"),
         ({"clip_high": -0.1}, r"clip_high=-0\.1 must be ≥ 0"),

@@ -9,9 +9,13 @@ from transformers import PreTrainedTokenizerFast
 
 from evisrag_core.rsgrpo.rewards import REWARD_COMPONENTS
 from evisrag_core.rsgrpo.spans import (
+    SPAN_TAGS,
     char_offset_span_masks,
+    component_span_bounds,
     component_span_masks,
     find_subsequence,
+    released_span_masks,
+    row_edges,
     span_locator,
     tag_token_ids,
     whole_response_masks,
@@ -405,3 +409,131 @@ def test_span_locator_by_name(tokenizer: PreTrainedTokenizerFast) -> None:
     assert torch.equal(span_locator("char_offsets", tokenizer)(ids, mask), char_offset_span_masks(ids, mask, tokenizer))
     with pytest.raises(ValueError, match="unknown span locator"):
         span_locator("regex", tokenizer)
+
+
+# --- rsgrpo.span_masks: released (the reference's reward function before its commit 6d43409) ---------------------
+
+NORMAL = [1, 5, 2, 7, 8, 3, 9, 4]  # observe=1 evidence-tag=5 text=2 think=7,8 text=3 answer=9 text=4
+ANSWER_FIRST = [9, 1, 7, 8, 2, 0, 0, 0]  # <answer> before <think>, no <evidence>; 5 valid tokens
+ALL_8, ALL_5 = list(range(8)), list(range(5))
+FIXED_NORMAL = {
+    "accuracy": [3, 4, 5, 6, 7],
+    "evidence": [0, 1, 2],
+    "format": ALL_8,
+    "overlong": ALL_8,
+    "is_observe": [0],
+    "is_think": [3, 4, 5],
+}
+
+
+def released_spans(
+    rows: list[list[int]], valid: list[list[int]], first: list[bool], last: list[bool]
+) -> list[dict[str, list[int]]]:
+    ids, mask = torch.tensor(rows), torch.tensor(valid)
+    spans = released_span_masks(component_span_bounds(ids, mask, TAG_IDS), mask.bool(), first, last)
+    return [{name: row[j].nonzero().flatten().tolist() for j, name in enumerate(REWARD_COMPONENTS)} for row in spans]
+
+
+@pytest.mark.parametrize(
+    ("rows", "valid", "first", "last", "expected"),
+    [
+        pytest.param(
+            [NORMAL, ANSWER_FIRST, NORMAL],
+            [[1] * 8, [1] * 5 + [0] * 3, [1] * 8],
+            [True, False, False],
+            [False, False, True],
+            [
+                FIXED_NORMAL,  # row 0: its own spans (the later rows' passes multiply by the same <think> index)
+                # row 1: no accuracy / is_think (row 0's pass saw its start index "past the end"); evidence and
+                # is_observe also cut at its <answer> (column 0) by row 2's pass: both empty
+                {"accuracy": [], "evidence": [], "format": ALL_5, "overlong": ALL_5, "is_observe": [], "is_think": []},
+                # row 2, the call's last row: no accuracy / is_think, the end tags as in the fixed masks
+                {**FIXED_NORMAL, "accuracy": [], "is_think": []},
+            ],
+            id="one reward call of three rows",
+        ),
+        pytest.param(
+            [ANSWER_FIRST],
+            [[1] * 5 + [0] * 3],
+            [True],
+            [True],
+            [
+                {
+                    "accuracy": [2, 3, 4],
+                    "evidence": [0, 1],
+                    "format": ALL_5,
+                    "overlong": ALL_5,
+                    "is_observe": ALL_5,
+                    "is_think": [],  # [<think> 2, <answer> 0): empty in the fixed masks as well
+                }
+            ],
+            id="a call of one row keeps the fixed masks",
+        ),
+        pytest.param(
+            [NORMAL, NORMAL, NORMAL, NORMAL],
+            [[1] * 8] * 4,
+            [True, False, True, False],
+            [False, True, False, True],
+            [FIXED_NORMAL, {**FIXED_NORMAL, "accuracy": [], "is_think": []}] * 2,
+            id="two reward calls: row 0 of each keeps accuracy and is_think",
+        ),
+        pytest.param(
+            [NORMAL, NORMAL],
+            [[1] * 8] * 2,
+            [False, False],
+            [False, True],
+            [{**FIXED_NORMAL, "accuracy": [], "is_think": []}] * 2,
+            id="the call's first group was filtered out: no row keeps them",
+        ),
+    ],
+)
+def test_released_masks_by_hand(
+    rows: list[list[int]], valid: list[list[int]], first: list[bool], last: list[bool], expected: list[dict]
+) -> None:
+    assert released_spans(rows, valid, first, last) == expected
+
+
+def reference_loop(ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The pre-6d43409 procedure step by step, in our words (spec §8): one start and one end index per row, shared by
+    the components, initialised to the row width; processing row i sets row i's index for component j, then multiplies
+    component j's masks of *every* row by the masks those indices give. One reward call = all rows."""
+    rows, width = ids.shape
+    masks = valid.bool().unsqueeze(1).repeat(1, len(REWARD_COMPONENTS), 1)
+    start, end = torch.full((rows,), width), torch.full((rows,), width)
+    t = torch.arange(width)
+    for i in range(rows):
+        for j, name in enumerate(REWARD_COMPONENTS):
+            start_tag, end_tag = SPAN_TAGS[name]
+            if start_tag is not None:
+                found = find_subsequence(ids[i].tolist(), TAG_IDS[start_tag])
+                start[i] = 0 if found is None else found
+                masks[:, j] &= t >= start.unsqueeze(1)
+            if end_tag is not None:
+                found = find_subsequence(ids[i].tolist(), TAG_IDS[end_tag])
+                end[i] = width if found is None else found
+                masks[:, j] &= t < end.unsqueeze(1)
+    return masks
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_released_masks_equal_the_reference_procedure_on_random_calls(seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    rows = int(torch.randint(1, 7, (1,), generator=generator))
+    ids = torch.randint(1, 10, (rows, 12), generator=generator)  # tags 5, 7 8, 9 anywhere, often several times
+    lengths = torch.randint(1, 13, (rows,), generator=generator)
+    valid = torch.arange(12) < lengths.unsqueeze(1)
+    ids = torch.where(valid, ids, torch.zeros_like(ids))  # right padding with an id that is no tag
+    first, last = [r == 0 for r in range(rows)], [r == rows - 1 for r in range(rows)]
+    released = released_span_masks(component_span_bounds(ids, valid.long(), TAG_IDS), valid, first, last)
+    assert torch.equal(released, reference_loop(ids, valid.long()))
+
+
+def test_row_edges_mark_a_calls_first_and_last_response() -> None:
+    first, last = row_edges([(True, False), (False, True), (False, False)], n=2)
+    assert first == [True, False, False, False, False, False]
+    assert last == [False, False, False, True, False, False]
+
+
+def test_released_masks_need_one_edge_per_row() -> None:
+    with pytest.raises(ValueError, match="one entry per row"):
+        released_span_masks([[[0, 1]] * 6], torch.ones(1, 1, dtype=torch.bool), [True, False], [True])
