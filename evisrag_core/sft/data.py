@@ -5,9 +5,9 @@ template's default), the user text verbatim with each image at its `<image>` mar
 
 Label masking: a conversation is rendered twice with the Qwen2-VL chat template, the prompt alone (ending in
 `<|im_start|>assistant\\n`) and the prompt plus the assistant turn. Images expand identically in both, so the
-prompt's token count marks where the answer starts. Labels are the answer tokens and the closing `<|im_end|>`
-(the model must learn to stop); the system/user turns, every image token, the template's trailing newline and
-padding are -100.
+prompt's token count marks where the answer starts. Labels are the answer tokens, the closing `<|im_end|>` (the
+model must learn to stop) and the newline the template writes after it, as LLaMA-Factory's qwen2_vl template trains
+(spec §8); the system/user turns, every image token and padding are -100.
 
 Over `cutoff_len` tokens a conversation is an error, or, with `truncation="llamafactory"`, cut as the reference's
 LLaMA-Factory cuts it (evisrag_core/truncation.py).
@@ -45,7 +45,6 @@ class SFTCollator:
         self.processor, self.min_pixels, self.max_pixels = processor, min_pixels, max_pixels
         self.cutoff_len, self.truncation = cutoff_len, truncation
         self.pad_id = processor.tokenizer.pad_token_id
-        self.end_id = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
 
     def encode(self, example: Conversation) -> dict[str, Any]:
         """One conversation as the model trains on it: input_ids, labels (-100 off the loss) and the image inputs."""
@@ -62,11 +61,7 @@ class SFTCollator:
         input_ids = encoded["input_ids"][0]
         prompt_len = self._prompt_length(prompt, encoded, input_ids, example.id)
         labels = torch.full_like(input_ids, IGNORE_INDEX)
-        labels[prompt_len:] = input_ids[prompt_len:]
-        # Train on the answer and its <|im_end|>; the template's trailing newline after <|im_end|> is not a target.
-        ends = (input_ids == self.end_id).nonzero().flatten()
-        last_end = int(ends[-1]) if len(ends) else len(input_ids) - 1
-        labels[last_end + 1 :] = IGNORE_INDEX
+        labels[prompt_len:] = input_ids[prompt_len:]  # the answer, <|im_end|> and the newline after it
         item = {"input_ids": input_ids, "labels": labels, **{k: v for k, v in encoded.items() if k != "input_ids"}}
         if len(input_ids) > self.cutoff_len:
             item = self._truncated(item, prompt_len, example.id)

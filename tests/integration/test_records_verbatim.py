@@ -126,8 +126,8 @@ def test_prompt_sft_keeps_the_system_turn_and_puts_each_image_at_its_marker(
     assert f"<|im_start|>system\n{SYSTEM}<|im_end|>" in text
     assert "You are a helpful assistant." not in text  # the record's system turn replaces the template's default
     assert user_turn_of(text) == user
-    # the target: the answer and its <|im_end|> carry the loss, the template's newline after it does not
-    assert text.rstrip("\n").endswith(f"⟦{TAGGED}<|im_end|>⟧")
+    # the target: the answer, its <|im_end|> and the template's newline after it carry the loss
+    assert text.rstrip("\n").endswith(f"⟦{TAGGED}<|im_end|>\n⟧")
     assert text.rsplit("carry loss (⟦…⟧) --\n", 1)[1].count("⟦") == 1
 
 
