@@ -79,7 +79,10 @@ def loss_runs(ids: Sequence[int], labels: Sequence[int]) -> list[tuple[list[int]
 
 def render(shown: Shown, tokenizer: Any) -> str:
     """The text of `evisrag prompt`: header, images, the model input and, for sft, the marked target."""
-    decode = lambda ids: collapse_image_pads(tokenizer.decode(ids, skip_special_tokens=False))  # noqa: E731
+
+    def decode(ids: Sequence[int]) -> str:
+        return collapse_image_pads(tokenizer.decode(list(ids), skip_special_tokens=False))
+
     lines = [f"== {shown.title} ==", f"images ({len(shown.images)}, in the order the model sees them):"]
     lines += [f"  [{i}] {path}" for i, path in enumerate(shown.images, start=1)]
     if shown.labels is None:
