@@ -34,7 +34,8 @@ Assumptions (each is a layout we accept, so an unexpected but plausible snapshot
   understood; a `system` column or a first `system` turn becomes the record's system turn, which SFT keeps). User
   texts are kept verbatim, `<image>` markers where they stand (image i goes to marker i). The user turns must hold
   one `<image>` per image in total; when a source has none, they are appended to the first user turn (the prompt
-  text comes first, then the images). RL prompts are kept verbatim (the whole user text, markers included); a prompt with `<image>` placeholders must have one per image. RL answers must be tagged ground truths
+  text comes first, then the images). RL prompts are kept verbatim (the whole user text, markers included); a
+  prompt with `<image>` placeholders must have one per image. RL answers must be tagged ground truths
   (`<evidence>…</evidence>` and `<answer>…</answer>`).
 
 Everything lands in the layout of `evisrag_core.data.schema`, images under each split's `images/`
