@@ -130,24 +130,22 @@ def trl_training_template() -> str:
 
 
 def trl_dataset(sft_file: Path) -> Any:
-    """Our SFT conversations in TRL's conversational VLM format: the user turn is the text then one image
-    placeholder per image (the order our collator renders), the `images` column holds the files."""
+    """Our SFT conversations in TRL's conversational VLM format, in the order our collator renders them (the system
+    turn, the user text with an image placeholder at each marker), the `images` column holds the files."""
     from datasets import Dataset, Image, List
 
+    from evisrag_core.prompts import content_parts
     from evisrag_core.sft.train import load_conversations
+
+    def messages(c: Any) -> list[dict[str, Any]]:
+        system = [{"role": "system", "content": [{"type": "text", "text": c.system}]}] if c.system else []
+        user = [p if p["type"] == "text" else {"type": "image"} for p in content_parts(c.user_text, c.images)]
+        answer = {"role": "assistant", "content": [{"type": "text", "text": c.response}]}
+        return [*system, {"role": "user", "content": user}, answer]
 
     conversations = load_conversations(sft_file)
     rows = {
-        "messages": [
-            [
-                {
-                    "role": "user",
-                    "content": [{"type": "text", "text": c.user_text}, *[{"type": "image"}] * len(c.images)],
-                },
-                {"role": "assistant", "content": [{"type": "text", "text": c.response}]},
-            ]
-            for c in conversations
-        ],
+        "messages": [messages(c) for c in conversations],
         "images": [c.images for c in conversations],
     }
     return Dataset.from_dict(rows).cast_column("images", List(Image()))

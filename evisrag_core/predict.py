@@ -101,7 +101,8 @@ class TransformersBackend:
         self.template, self.min_pixels, self.max_pixels, self.method = template, *pixels, method
         self.processor.tokenizer.padding_side = "left"
 
-    def _inputs(self, requests: Sequence[Request]) -> Any:
+    def encode(self, requests: Sequence[Request]) -> Any:
+        """The processor's batch for `requests` (also what `evisrag prompt predict` shows)."""
         texts, images = [], []
         for request in requests:
             messages = method_messages(
@@ -113,7 +114,7 @@ class TransformersBackend:
 
     @torch.inference_mode()
     def generate(self, requests: Sequence[Request]) -> list[str]:
-        inputs = self._inputs(requests).to(self.model.device)
+        inputs = self.encode(requests).to(self.model.device)
         sample = self.decoding.temperature > 0
         options: dict[str, Any] = {
             "max_new_tokens": self.decoding.max_new_tokens,

@@ -1,4 +1,15 @@
-"""Evidence prompt templates and the multi-image chat message they go into (spec §1).
+"""Evidence prompt templates, and how a record's user text and images become one chat turn (spec §1, §8).
+
+What the model is given, for every stage (docs/data.md, "What the model is given"):
+
+- **Verbatim.** A training record's user text (an RL record's `prompt`, an SFT record's user turn) is used as it is:
+  it already holds the instructions and the question, as the reference's EasyR1 and LLaMA-Factory data do.
+- **Markers.** Image i goes where the i-th `<image>` marker stands (`content_parts`); a text without markers gets
+  its images after the text. Any other number of markers than images is an error.
+- **Bare questions.** The evidence template is applied to a record's text only when the record holds a bare
+  question, which is decided by its field, never by its content: a test record's `query` (as the reference's
+  `predict.py` does), an RL record that has `query` instead of `prompt`, and `evisrag answer --query`. `build_messages`
+  is that path: the template around the question, then the images.
 
 Two named templates:
 - `model_card` (default): the text of `evidence_promot_grpo` as printed on the EVisRAG-7B model card
@@ -10,7 +21,10 @@ Two named templates:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
+
+from evisrag_core.data.schema import IMAGE_PLACEHOLDER
 
 _STEPS = [
     "You are an AI Visual QA assistant. I will provide you with a question and several images. "
@@ -73,6 +87,44 @@ def evidence_prompt(query: str, template: str = "model_card") -> str:
     return text.replace("{query}", query)
 
 
+def content_parts(
+    text: str, images: Sequence[Any], min_pixels: int | None = None, max_pixels: int | None = None
+) -> list[dict[str, Any]]:
+    """A user text and its images as chat content parts: image i at the i-th `<image>` marker, or after the text when
+    it has no markers. Empty text between markers makes no part (as the reference's RL dataset splits a prompt).
+
+    Raises ValueError when the text has markers but not one per image.
+    """
+    chunks = text.split(IMAGE_PLACEHOLDER)
+    markers = len(chunks) - 1
+    if markers not in (0, len(images)):
+        raise ValueError(f"{markers} {IMAGE_PLACEHOLDER} marker(s) in the text for {len(images)} images")
+    if markers == 0:
+        chunks = [text, *([""] * len(images))]
+    parts: list[dict[str, Any]] = [{"type": "text", "text": chunks[0]}] if chunks[0] else []
+    for image, chunk in zip(images, chunks[1:], strict=True):
+        parts.append(_image_part(image, min_pixels, max_pixels))
+        if chunk:
+            parts.append({"type": "text", "text": chunk})
+    return parts
+
+
+def _image_part(image: Any, min_pixels: int | None, max_pixels: int | None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"type": "image", "image": image}
+    if min_pixels is not None:
+        entry["min_pixels"] = min_pixels
+    if max_pixels is not None:
+        entry["max_pixels"] = max_pixels
+    return entry
+
+
+def user_turn(
+    text: str, images: Sequence[Any], min_pixels: int | None = None, max_pixels: int | None = None
+) -> dict[str, Any]:
+    """One user message holding a record's text verbatim, its images at their markers (`content_parts`)."""
+    return {"role": "user", "content": content_parts(text, images, min_pixels, max_pixels)}
+
+
 def build_messages(
     query: str,
     images: list[Any],
@@ -80,13 +132,8 @@ def build_messages(
     min_pixels: int | None = None,
     max_pixels: int | None = None,
 ) -> list[dict[str, Any]]:
-    """One user turn: the evidence prompt, then the images in ranked order (image i is `[i]`)."""
-    content: list[dict[str, Any]] = [{"type": "text", "text": evidence_prompt(query, template)}]
-    for image in images:
-        entry: dict[str, Any] = {"type": "image", "image": image}
-        if min_pixels is not None:
-            entry["min_pixels"] = min_pixels
-        if max_pixels is not None:
-            entry["max_pixels"] = max_pixels
-        content.append(entry)
-    return [{"role": "user", "content": content}]
+    """A bare question's one user turn: the evidence prompt around `query`, then the images in ranked order (image i
+    is `[i]`). A question holding `<image>` markers is refused: its images would not follow the instructions."""
+    if IMAGE_PLACEHOLDER in query:
+        raise ValueError(f"a bare question holds no {IMAGE_PLACEHOLDER} marker; got {query!r}")
+    return [user_turn(evidence_prompt(query, template), images, min_pixels, max_pixels)]

@@ -10,6 +10,7 @@ evisrag evaluate --data DIR --preds FILE --out F  score any prediction file (als
 evisrag answer --query Q --images A.png B.png     one question over images → the answer and each image's evidence
                                                   (--raw: the generated text, --json: the fields)
 evisrag metrics                                   print metrics.json as a table
+evisrag prompt {sft|rsgrpo|predict} [--index N] [--benchmark B]   what the model is given for one record
 evisrag report                                    the run report: reports/run/index.html
 evisrag compare [--experiment E --tag K=V --since D --out PNG]   pipeline runs in MLflow side by side
 evisrag plan [--gpus N --gpu-type T] [--json]      7B memory/throughput estimate for the paper runs
@@ -200,6 +201,18 @@ def cmd_answer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prompt(args: argparse.Namespace) -> int:
+    """`evisrag prompt`: one record of a stage's input as the model is given it (evisrag_core/inspect_prompt.py)."""
+    from evisrag_core.inspect_prompt import InspectError, show_prompt
+
+    try:
+        print(show_prompt(load_params(args.params), args.stage, args.index, args.benchmark))
+    except (InspectError, BadRecordError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_pipeline(args: argparse.Namespace) -> int:
     from flows.pipeline import pipeline_flow
 
@@ -326,6 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("--out", default="artifacts/compare.png", help="chart PNG (default: artifacts/compare.png)")
     compare.set_defaults(func=cmd_compare)
+
+    prompt = sub.add_parser("prompt", help="print what the model is given for one record of a stage's input")
+    prompt.add_argument("stage", choices=("sft", "rsgrpo", "predict"))
+    prompt.add_argument("--index", type=int, default=0, help="record number in the stage's input file (default: 0)")
+    prompt.add_argument("--benchmark", help="predict: the test set (default: the first by name)")
+    prompt.set_defaults(func=cmd_prompt)
 
     metrics = sub.add_parser("metrics", help="print the metrics table")
     metrics.add_argument("--file", help="metrics file (default: evaluate.metrics_file)")

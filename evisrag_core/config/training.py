@@ -55,6 +55,9 @@ class SFTParams(ProfiledSection):
     bf16: Precision = "auto"
     gradient_checkpointing: bool = False
     cutoff_len: int = Field(4096, ge=64)
+    # a conversation over cutoff_len tokens: error (default) | llamafactory (cut as the reference's LLaMA-Factory
+    # does: prompt and answer each on their right; a cut through an image is still an error; evisrag_core/truncation)
+    truncation: Literal["error", "llamafactory"] = "error"
     image_min_pixels: ImagePixels = 3136
     image_max_pixels: ImagePixels = 12544
     save_steps: int = Field(50, ge=1)
@@ -107,7 +110,10 @@ class RSGRPOParams(ProfiledSection):
     temperature: float = Field(1.0, gt=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(160, ge=1)
-    max_prompt_length: int = Field(15000, ge=1)  # longer prompts (text + image tokens) are an error
+    max_prompt_length: int = Field(15000, ge=1)  # longer prompts (text + image tokens): see prompt_truncation
+    # a prompt over max_prompt_length tokens: error (default) | right (keep its first max_prompt_length tokens, as the
+    # reference's EasyR1 data loader does; a cut through an image is still an error; evisrag_core/truncation)
+    prompt_truncation: Literal["error", "right"] = "error"
     micro_batch_size: int = Field(0, ge=0)  # responses per forward/backward; 0: the whole rollout batch at once
     # > 0: pack the responses into micro-batches by this many prompt + response tokens, as the reference's dynamic
     # batching does (rsgrpo/packing.py); 0: micro_batch_size decides

@@ -31,9 +31,11 @@ Assumptions (each is a layout we accept, so an unexpected but plausible snapshot
 - Images: see `evisrag_core.data.image_store`.
 - SFT records are converted to `{"id", "messages": [{"role", "content"}], "images"}` with the roles `system`,
   `user`, `assistant` (sharegpt `from`/`value` with `human`/`gpt` and a `dataset_info.json` column/tag mapping are
-  understood). The user turns must hold one `<image>` per image in total; when a source has none, they are appended
-  to the first user turn (the prompt text comes first, then the images, as in the reference). RL prompts are kept
-  verbatim; a prompt with `<image>` placeholders must have one per image. RL answers must be tagged ground truths
+  understood; a `system` column or a first `system` turn becomes the record's system turn, which SFT keeps). User
+  texts are kept verbatim, `<image>` markers where they stand (image i goes to marker i). The user turns must hold
+  one `<image>` per image in total; when a source has none, they are appended to the first user turn (the prompt
+  text comes first, then the images). RL prompts are kept verbatim (the whole user text, markers included); a
+  prompt with `<image>` placeholders must have one per image. RL answers must be tagged ground truths
   (`<evidence>…</evidence>` and `<answer>…</answer>`).
 
 Everything lands in the layout of `evisrag_core.data.schema`, images under each split's `images/`

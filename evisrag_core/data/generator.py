@@ -19,6 +19,12 @@ question, but not to test "this image's colour equals the asked colour" inside a
 budget (evidence picked the right image at chance, EM ≈ 0.3). A square's presence is a feature of the image itself,
 which it learns once the square has a black frame (see README, "The embedded default", and render_panel).
 
+The training records are written in the reference's own forms, so the default run reads them exactly as it reads a
+user's data (evisrag_core.prompts): SFT conversations as LLaMA-Factory sharegpt messages (a system turn, the user turn
+holding the whole evidence prompt with one `<image>` marker per image after the question, the tagged answer) with a
+`dataset_info.json` naming them, RL records as EasyR1 rows whose `prompt` is that same whole user text. The system
+turn is Qwen2-VL's default text, so the rendered chat is the one a record without a system turn gets.
+
 Everything is a pure function of the seed: the same seed writes byte-identical files.
 """
 
@@ -35,6 +41,7 @@ from PIL import Image, ImageDraw
 from evisrag_core.data.schema import (
     IMAGE_PLACEHOLDER,
     INSUFFICIENT_ANSWER,
+    LLAMAFACTORY_INFO_FILE,
     MANIFEST_FILE,
     RL_FILE,
     SFT_FILE,
@@ -52,6 +59,8 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "orange": (245, 135, 20),
 }
 NO_RELEVANT = "no relevant information"
+DEFAULT_SYSTEM = "You are a helpful assistant."  # Qwen2-VL's default system text
+SFT_DATASET_NAME = "evidencecot"  # the reference's `llamafactory-cli --dataset evidencecot`
 ORDINALS = ("first", "second", "third", "fourth", "fifth")
 
 
@@ -226,20 +235,42 @@ def test_row(question: Question, images: list[str]) -> dict[str, Any]:
     }
 
 
+def user_text(question: Question, image_count: int, template: str = "model_card") -> str:
+    """The whole user text of a training record: the evidence prompt, then one `<image>` marker per image."""
+    return evidence_prompt(question.query, template) + IMAGE_PLACEHOLDER * image_count
+
+
 def sft_record(question: Question, images: list[str], template: str = "model_card") -> dict[str, Any]:
-    """A chat conversation in the LLaMA-Factory sharegpt style: one `<image>` placeholder per image."""
-    user = evidence_prompt(question.query, template) + IMAGE_PLACEHOLDER * len(images)
+    """A LLaMA-Factory sharegpt conversation: system turn, user turn (`user_text`), the tagged answer."""
     return {
         "id": question.qid,
-        "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": tagged_response(question)}],
+        "messages": [
+            {"role": "system", "content": DEFAULT_SYSTEM},
+            {"role": "user", "content": user_text(question, len(images), template)},
+            {"role": "assistant", "content": tagged_response(question)},
+        ],
         "images": images,
     }
 
 
+def llamafactory_dataset_info() -> dict[str, Any]:
+    """`dataset_info.json` naming `sft.jsonl` as a LLaMA-Factory sharegpt dataset with OpenAI-style messages."""
+    tags = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}
+    return {
+        SFT_DATASET_NAME: {
+            "file_name": SFT_FILE,
+            "formatting": "sharegpt",
+            "columns": {"messages": "messages", "images": "images"},
+            "tags": {**tags, "system_tag": "system"},
+        }
+    }
+
+
 def rl_record(question: Question, images: list[str]) -> dict[str, Any]:
+    """An EasyR1 row: `prompt` is the whole user text (`user_text`), `answer` the tagged ground truth."""
     return {
         "id": question.qid,
-        "prompt": question.query,
+        "prompt": user_text(question, len(images)),
         "image": images,
         "answer": tagged_ground_truth(question),
         "is_sufficient": question.is_sufficient,
@@ -278,6 +309,7 @@ def generate_dataset(
         train, SFT_FILE, _questions(spec, splits, n_sft, "sft"), spec, sft_record, progress
     )
     counts["train/rl"] = _write_split(train, RL_FILE, _questions(spec, splits, n_rl, "rl"), spec, rl_record, progress)
+    write_json_atomic(train / LLAMAFACTORY_INFO_FILE, llamafactory_dataset_info())
     manifest = {
         "source": "embedded",
         "benchmarks": list(splits),

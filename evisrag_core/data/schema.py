@@ -6,13 +6,16 @@
   test/<Benchmark>/top3_test.jsonl    # qid, query, image (relative paths, ranked), answer (list), is_sufficient
   test/<Benchmark>/images/...
   train/sft.jsonl                     # chat conversations: {"id", "messages": [...], "images": [...]}
+  train/dataset_info.json             # embedded data: names sft.jsonl for LLaMA-Factory (`--dataset evidencecot`)
   train/rl.jsonl                      # {"id", "prompt", "image": [...], "answer": tagged ground truth}
   train/rl_val.jsonl                  # optional RL validation records, the shape of rl.jsonl (hub/local data)
   train/images/...
 ```
 Image paths in a record are relative to the folder holding the jsonl file. Optional test-record field `positives`
 (1-based indices of the images that hold the answer) is kept when a source provides it. An SFT user turn holds one
-`<image>` placeholder (IMAGE_PLACEHOLDER) per image; an RL prompt holds one per image or none.
+`<image>` placeholder (IMAGE_PLACEHOLDER) per image; an RL prompt holds one per image or none. An SFT record may open
+with a system turn, which is kept. Training texts are used verbatim; how they become the model's input, and which
+records hold a bare question the evidence template wraps, is stated in `evisrag_core.prompts`.
 
 The record types a stage reads, each with its parser (`where` = file:line goes into every error) and its loader
 (bad records raise, or are counted and skipped under `on_bad_record: skip`): TestRecord (`load_test_split`),
@@ -37,7 +40,8 @@ SFT_FILE = "sft.jsonl"
 RL_FILE = "rl.jsonl"
 RL_VAL_FILE = "rl_val.jsonl"
 MANIFEST_FILE = "manifest.json"
-IMAGE_PLACEHOLDER = "<image>"
+LLAMAFACTORY_INFO_FILE = "dataset_info.json"  # names a folder's LLaMA-Factory datasets
+IMAGE_PLACEHOLDER = "<image>"  # where an image stands in a training record's text (LLaMA-Factory and EasyR1 data)
 INSUFFICIENT_ANSWER = "insufficient to answer"
 GROUND_TRUTH_TAGS = ("<evidence>", "</evidence>", "<answer>", "</answer>")
 
@@ -167,36 +171,55 @@ def check_sft_record(row: dict[str, Any], where: str) -> None:
         )
 
 
+def rl_user_text(row: dict[str, Any]) -> tuple[str | None, bool]:
+    """An RL record's user text and whether it is a bare question: `prompt` is the whole user text (the reference's
+    form, used verbatim); a record with `query` and no `prompt` holds a bare question (the evidence template wraps
+    it). The field decides, never the content (evisrag_core.prompts)."""
+    if "prompt" in row or "query" not in row:
+        text = row.get("prompt")
+        return (text if isinstance(text, str) else None), False
+    text = row["query"]
+    return (text if isinstance(text, str) else None), True
+
+
 def check_rl_record(row: dict[str, Any], where: str) -> None:
-    """An RL record has a prompt, its images and a tagged ground truth holding evidence and answer blocks."""
-    prompt, answer, images = row.get("prompt"), row.get("answer"), row.get("image")
-    if not isinstance(prompt, str) or not isinstance(answer, str) or not isinstance(images, list):
+    """An RL record has a prompt (or a bare `query`), its images and a tagged ground truth holding evidence and
+    answer blocks; the prompt holds one `<image>` marker per image, or none."""
+    (text, bare), answer, images = rl_user_text(row), row.get("answer"), row.get("image")
+    if not isinstance(text, str) or not isinstance(answer, str) or not isinstance(images, list):
         raise BadRecordError(f"{where}: an RL record needs 'prompt' (string), 'image' (list), 'answer' (string)")
     _require_tagged(answer, where)
-    placeholders = prompt.count(IMAGE_PLACEHOLDER)
-    if placeholders not in (0, len(images)):
-        raise BadRecordError(f"{where}: prompt has {placeholders} {IMAGE_PLACEHOLDER} for {len(images)} images")
+    placeholders = text.count(IMAGE_PLACEHOLDER)
+    if placeholders not in (0, len(images)) or (bare and placeholders):
+        raise BadRecordError(
+            f"{where}: {'query' if bare else 'prompt'} has {placeholders} {IMAGE_PLACEHOLDER} for {len(images)} "
+            "images; a prompt needs one per image or none, a bare query none"
+        )
 
 
 @dataclass(frozen=True)
 class Conversation:
-    """One SFT example: the user's question text, its images (absolute paths) and the target response."""
+    """One SFT example: the user turn's text verbatim (its `<image>` markers kept), its images (absolute paths), the
+    target response and the system turn, when the record has one."""
 
     id: str
     user_text: str
     images: list[str]
     response: str
+    system: str | None = None
 
 
 def parse_sft_record(row: dict[str, Any], root: Path, where: str) -> Conversation:
-    """An `sft.jsonl` row (user turn with one `<image>` per image, then the assistant turn) → Conversation."""
+    """An `sft.jsonl` row (an optional system turn, the user turn with one `<image>` per image, then the assistant
+    turn) → Conversation."""
     messages, images = row.get("messages"), row.get("images", [])
-    if not isinstance(messages, list) or len(messages) < 2:
+    if not isinstance(messages, list) or len(messages) < 2 or not all(isinstance(m, dict) for m in messages):
         raise BadRecordError(f"{where}: 'messages' must hold a user turn and an assistant turn")
     user = next((m for m in messages if m.get("role") == "user"), None)
     assistant = next((m for m in reversed(messages) if m.get("role") == "assistant"), None)
     if user is None or assistant is None:
         raise BadRecordError(f"{where}: needs one 'user' and one 'assistant' message")
+    system = messages[0].get("content") if messages[0].get("role") == "system" else None
     if not isinstance(images, list) or not images or not all(isinstance(p, str) and p for p in images):
         raise BadRecordError(f"{where}: 'images' must be a non-empty list of image paths (the task is over images)")
     text = str(user.get("content", ""))
@@ -206,7 +229,7 @@ def parse_sft_record(row: dict[str, Any], root: Path, where: str) -> Conversatio
         )
     paths = [str(resolve_image_path(root, p, where)) for p in images]
     return Conversation(
-        str(row.get("id", where)), text.replace(IMAGE_PLACEHOLDER, ""), paths, str(assistant["content"])
+        str(row.get("id", where)), text, paths, str(assistant["content"]), str(system) if system else None
     )
 
 
@@ -218,14 +241,16 @@ def load_conversations(sft_file: Path, bad: BadRecords | None = None) -> list[Co
 
 @dataclass(frozen=True)
 class RLPrompt:
-    """One RL record: the question, its images (absolute paths, rank order) and the tagged ground truth."""
+    """One RL record: its user text (the whole prompt verbatim, `<image>` markers kept; or a bare question), its images
+    (absolute paths, rank order) and the tagged ground truth."""
 
     id: str
-    query: str
+    text: str
     images: tuple[str, ...]
     image_refs: tuple[str, ...]  # the images as the record names them (relative to the record file)
     ground_truth: str
     is_sufficient: bool
+    bare_question: bool = False  # True: `text` is a bare question that the evidence template wraps
 
     @property
     def gold_answer(self) -> str:
@@ -233,24 +258,20 @@ class RLPrompt:
 
 
 def parse_rl_record(row: dict[str, Any], root: Path, where: str) -> RLPrompt:
-    """An `rl.jsonl` row → RLPrompt. `is_sufficient` defaults to "the gold answer is not 'insufficient to answer'"."""
-    prompt, answer, images = row.get("prompt"), row.get("answer"), row.get("image")
-    if not isinstance(prompt, str) or not isinstance(answer, str) or not isinstance(images, list) or not images:
+    """An `rl.jsonl` row → RLPrompt, its text as the record holds it (`rl_user_text`). `is_sufficient` defaults to
+    "the gold answer is not 'insufficient to answer'"."""
+    images = row.get("image")
+    if not isinstance(images, list) or not images:
         raise BadRecordError(f"{where}: an RL record needs 'prompt' (string), 'image' (non-empty list), 'answer'")
-    _require_tagged(answer, where)
+    check_rl_record(row, where)
+    text, bare = rl_user_text(row)
+    answer = str(row["answer"])
     paths = tuple(str(resolve_image_path(root, ref, where)) for ref in images)
-    record = RLPrompt(
-        id=str(row.get("id", where)),
-        query=prompt.replace(IMAGE_PLACEHOLDER, "").strip(),
-        images=paths,
-        image_refs=tuple(images),
-        ground_truth=answer,
-        is_sufficient=True,
-    )
     sufficient = row.get("is_sufficient")
     if not isinstance(sufficient, bool):
-        sufficient = record.gold_answer.lower() != INSUFFICIENT_ANSWER
-    return RLPrompt(record.id, record.query, paths, record.image_refs, answer, sufficient)
+        gold = (extract_block(answer, "answer") or "").strip()
+        sufficient = gold.lower() != INSUFFICIENT_ANSWER
+    return RLPrompt(str(row.get("id", where)), str(text), paths, tuple(images), answer, sufficient, bare)
 
 
 TrainRecord = TypeVar("TrainRecord", Conversation, RLPrompt)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from evisrag_core.data.schema import IMAGE_PLACEHOLDER
 from evisrag_core.images import thumbnail_data_url
 from evisrag_core.io import write_text_atomic
 from evisrag_core.rsgrpo.rollout import group_ids
@@ -49,7 +50,7 @@ class ReportSample:
     """One response, ready to render: its tokens and, per component, the span mask, reward and advantage."""
 
     prompt_id: str
-    query: str
+    query: str  # the question, for the heading (`shown_question`)
     images: tuple[str, ...]  # image files
     ground_truth: str
     tokens: tuple[str, ...]  # one decoded piece per response token (special tokens shown)
@@ -79,6 +80,12 @@ def _pick(batch: Batch, count: int) -> list[int]:
     return rows[:count]
 
 
+def shown_question(text: str) -> str:
+    """A prompt's question for a heading: what follows its last "Question:" (the evidence prompt's last line), else
+    the whole text; without `<image>` markers."""
+    return text.rsplit("Question:", 1)[-1].replace(IMAGE_PLACEHOLDER, "").strip()
+
+
 def report_samples(batch: Batch, tokenizer: Any, count: int) -> list[ReportSample]:
     """Up to `count` responses of a step's batch, with the spans and advantages the update used."""
     owners = group_ids(batch.groups)
@@ -90,7 +97,7 @@ def report_samples(batch: Batch, tokenizer: Any, count: int) -> list[ReportSampl
         samples.append(
             ReportSample(
                 prompt_id=prompt.id,
-                query=prompt.query,
+                query=shown_question(prompt.text),
                 images=prompt.images,
                 ground_truth=prompt.ground_truth,
                 tokens=tuple(token_pieces(tokenizer, batch.response_ids[row, :length].tolist())),

@@ -1,11 +1,13 @@
 """Rollouts for RS-GRPO: n sampled responses to each prompt from the current policy (spec §4, §5).
 
-A prompt is the evidence prompt over a record's images, built exactly as prediction builds it (`build_messages` →
-the chat template → `evisrag_core.images.vision_inputs` → the processor). The prompts of a batch are encoded once,
-left-padded, and n continuations of each are sampled: by default with `sample_shared_prefix` (the vision tower and
-the prefill run once per prompt, its KV cache is shared by its n samples, ended rows leave the batch), or with
-`rsgrpo.rollout_decoder: generate` by transformers `generate(num_return_sequences=n)`, which prefills n copies.
-A response keeps its generated ids up to and including the first end-of-turn token, or all
+A prompt is the record's user text verbatim with each image at its `<image>` marker (a record holding a bare question:
+the evidence prompt around it, as prediction builds it; evisrag_core.prompts) → the chat template →
+`evisrag_core.images.vision_inputs` → the processor. Over `max_prompt_length` tokens a prompt is an error, or with
+`truncation="right"` its first tokens are kept, as the reference does (evisrag_core/truncation.py). The prompts of a
+batch are encoded once, left-padded, and n continuations of each are sampled: by default with `sample_shared_prefix`
+(the vision tower and the prefill run once per prompt, its KV cache is shared by its n samples, ended rows leave the
+batch), or with `rsgrpo.rollout_decoder: generate` by transformers `generate(num_return_sequences=n)`, which
+prefills n copies. A response keeps its generated ids up to and including the first end-of-turn token, or all
 `max_new_tokens` ids when it never ended. Stacked over the B = prompts × n responses (a prompt's n responses are
 adjacent):
 
@@ -35,8 +37,9 @@ from evisrag_core.data.schema import RLPrompt
 from evisrag_core.data.schema import load_rl_prompts as load_rl_prompts
 from evisrag_core.images import vision_inputs
 from evisrag_core.io import BadRecordError
-from evisrag_core.prompts import build_messages
+from evisrag_core.prompts import build_messages, user_turn
 from evisrag_core.rsgrpo.fast_decode import Sampling, sample_shared_prefix
+from evisrag_core.truncation import RL_TRUNCATIONS, require_images_kept
 
 ROLLOUT_DECODERS = ("shared_prefix", "generate")
 
@@ -159,12 +162,27 @@ def policy_inputs(
 class PromptEncoder:
     """RLPrompt → PromptInputs through the chat template and the processor, as prediction encodes a question."""
 
-    def __init__(self, processor: Any, template: str, pixels: tuple[int, int], max_prompt_length: int):
+    def __init__(
+        self,
+        processor: Any,
+        template: str,
+        pixels: tuple[int, int],
+        max_prompt_length: int,
+        truncation: str = "error",
+    ):
+        """`template` wraps the records that hold a bare question; `truncation`: error | right (module docstring)."""
+        if truncation not in RL_TRUNCATIONS:
+            raise ValueError(f"unknown prompt truncation {truncation!r}; choose from {RL_TRUNCATIONS}")
         self.processor, self.template, self.pixels = processor, template, pixels
-        self.max_prompt_length = max_prompt_length
+        self.max_prompt_length, self.truncation = max_prompt_length, truncation
 
     def messages(self, prompt: RLPrompt) -> list[dict[str, Any]]:
-        return build_messages(prompt.query, list(prompt.images), self.template, *self.pixels)
+        try:
+            if prompt.bare_question:
+                return build_messages(prompt.text, list(prompt.images), self.template, *self.pixels)
+            return [user_turn(prompt.text, prompt.images, *self.pixels)]
+        except ValueError as err:
+            raise BadRecordError(f"RL record {prompt.id}: {err}") from err
 
     def text(self, prompt: RLPrompt) -> str:
         return self.processor.apply_chat_template(self.messages(prompt), tokenize=False, add_generation_prompt=True)
@@ -174,15 +192,28 @@ class PromptEncoder:
         for prompt in prompts:
             images = vision_inputs(self.messages(prompt))
             batch = self.processor(text=[self.text(prompt)], images=images, return_tensors="pt")
-            input_ids = batch["input_ids"][0]
-            if len(input_ids) > self.max_prompt_length:
-                raise BadRecordError(
-                    f"RL record {prompt.id}: the prompt is {len(input_ids)} tokens (text + image tokens), over "
-                    f"rsgrpo.max_prompt_length={self.max_prompt_length}; raise it or lower rsgrpo.image_max_pixels"
-                )
-            token_types = batch["mm_token_type_ids"][0]
-            encoded.append(PromptInputs(input_ids, token_types, batch["pixel_values"], batch["image_grid_thw"]))
+            input_ids, token_types = batch["input_ids"][0], batch["mm_token_type_ids"][0]
+            keep = self._kept_length(prompt, input_ids)
+            encoded.append(
+                PromptInputs(input_ids[:keep], token_types[:keep], batch["pixel_values"], batch["image_grid_thw"])
+            )
         return encoded
+
+    def _kept_length(self, prompt: RLPrompt, input_ids: torch.Tensor) -> int:
+        """How many of the prompt's tokens the model is given: all, or the first max_prompt_length under `right`."""
+        if len(input_ids) <= self.max_prompt_length:
+            return len(input_ids)
+        if self.truncation == "error":
+            raise BadRecordError(
+                f"RL record {prompt.id}: the prompt is {len(input_ids)} tokens (text + image tokens), over "
+                f"rsgrpo.max_prompt_length={self.max_prompt_length}; raise it, lower rsgrpo.image_max_pixels or cut "
+                "as the reference does (rsgrpo.prompt_truncation: right)"
+            )
+        try:
+            require_images_kept(input_ids, self.max_prompt_length, vision_token_ids(self.processor), prompt.id)
+        except ValueError as err:
+            raise BadRecordError(f"RL record {err}") from err
+        return self.max_prompt_length
 
 
 def end_of_turn_ids(model: Any, processor: Any) -> set[int]:

@@ -36,10 +36,9 @@ OnStep = Callable[[int, dict[str, float]], None]
 
 
 def prompt_encoder(processor: Any, cfg: RSGRPOParams) -> PromptEncoder:
-    """The stage's prompt encoding: its template, image pixel bounds and prompt length limit."""
-    return PromptEncoder(
-        processor, cfg.prompt_template, (cfg.image_min_pixels, cfg.image_max_pixels), cfg.max_prompt_length
-    )
+    """The stage's prompt encoding: its template, image pixel bounds, prompt length limit and what exceeds it."""
+    pixels = (cfg.image_min_pixels, cfg.image_max_pixels)
+    return PromptEncoder(processor, cfg.prompt_template, pixels, cfg.max_prompt_length, cfg.prompt_truncation)
 
 
 def total_steps(cfg: RSGRPOParams, n_train_prompts: int) -> int:

@@ -1,10 +1,16 @@
 """SFT examples as model inputs: a Conversation (data.schema) → token ids, image inputs and labels, padded into a batch.
 
+The conversation is the record's as it stands (evisrag_core.prompts): its system turn when it has one (else the chat
+template's default), the user text verbatim with each image at its `<image>` marker, then the assistant's answer.
+
 Label masking: a conversation is rendered twice with the Qwen2-VL chat template, the prompt alone (ending in
 `<|im_start|>assistant\\n`) and the prompt plus the assistant turn. Images expand identically in both, so the
-prompt's token count marks where the answer starts. Labels are the answer tokens and the closing `<|im_end|>`
-(the model must learn to stop); the system/user turns, every image token, the template's trailing newline and
-padding are -100.
+prompt's token count marks where the answer starts. Labels are the answer tokens, the closing `<|im_end|>` (the
+model must learn to stop) and the newline the template writes after it, as LLaMA-Factory's qwen2_vl template trains
+(spec §8); the system/user turns, every image token and padding are -100.
+
+Over `cutoff_len` tokens a conversation is an error, or, with `truncation="llamafactory"`, cut as the reference's
+LLaMA-Factory cuts it (evisrag_core/truncation.py).
 """
 
 from __future__ import annotations
@@ -17,53 +23,72 @@ import torch
 from evisrag_core.data.schema import Conversation
 from evisrag_core.images import vision_inputs
 from evisrag_core.io import BadRecordError
-from evisrag_core.prompts import build_messages
+from evisrag_core.prompts import user_turn
+from evisrag_core.truncation import SFT_TRUNCATIONS, kept_positions, llamafactory_lengths, require_images_kept
 
 IGNORE_INDEX = -100
 
 
 def conversation_messages(example: Conversation, min_pixels: int, max_pixels: int) -> list[dict[str, Any]]:
-    """The user turn exactly as prediction builds it (text, then images in order), plus the assistant answer."""
-    user = build_messages("", example.images, min_pixels=min_pixels, max_pixels=max_pixels)
-    user[0]["content"][0]["text"] = example.user_text
-    return [*user, {"role": "assistant", "content": [{"type": "text", "text": example.response}]}]
+    """The record's system turn (if any), its user turn verbatim with the images at their markers, the answer."""
+    system = [{"role": "system", "content": [{"type": "text", "text": example.system}]}] if example.system else []
+    user = user_turn(example.user_text, example.images, min_pixels, max_pixels)
+    return [*system, user, {"role": "assistant", "content": [{"type": "text", "text": example.response}]}]
 
 
 class SFTCollator:
     """Conversations → a padded batch with `labels` on assistant tokens only (see the module docstring)."""
 
-    def __init__(self, processor: Any, min_pixels: int, max_pixels: int, cutoff_len: int):
-        self.processor, self.min_pixels, self.max_pixels, self.cutoff_len = (
-            processor,
-            min_pixels,
-            max_pixels,
-            cutoff_len,
-        )
+    def __init__(self, processor: Any, min_pixels: int, max_pixels: int, cutoff_len: int, truncation: str = "error"):
+        if truncation not in SFT_TRUNCATIONS:
+            raise ValueError(f"unknown sft truncation {truncation!r}; choose from {SFT_TRUNCATIONS}")
+        self.processor, self.min_pixels, self.max_pixels = processor, min_pixels, max_pixels
+        self.cutoff_len, self.truncation = cutoff_len, truncation
         self.pad_id = processor.tokenizer.pad_token_id
-        self.end_id = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
 
-    def _encode(self, example: Conversation) -> dict[str, Any]:
-        messages = conversation_messages(example, self.min_pixels, self.max_pixels)
-        prompt = self.processor.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
+    def encode(self, example: Conversation) -> dict[str, Any]:
+        """One conversation as the model trains on it: input_ids, labels (-100 off the loss) and the image inputs."""
+        try:
+            messages = conversation_messages(example, self.min_pixels, self.max_pixels)
+        except ValueError as err:
+            raise BadRecordError(f"{example.id}: {err}") from err
+        prompt = self.processor.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
         full = self.processor.apply_chat_template(messages, tokenize=False)
         if not full.startswith(prompt):
             raise ValueError(f"{example.id}: the chat template renders the prompt differently inside the conversation")
-        images = vision_inputs(messages[:1])
+        images = vision_inputs(messages[:-1])
         encoded = self.processor(text=[full], images=images or None, return_tensors="pt")
         input_ids = encoded["input_ids"][0]
         prompt_len = self._prompt_length(prompt, encoded, input_ids, example.id)
         labels = torch.full_like(input_ids, IGNORE_INDEX)
-        labels[prompt_len:] = input_ids[prompt_len:]
-        # Train on the answer and its <|im_end|>; the template's trailing newline after <|im_end|> is not a target.
-        ends = (input_ids == self.end_id).nonzero().flatten()
-        last_end = int(ends[-1]) if len(ends) else len(input_ids) - 1
-        labels[last_end + 1 :] = IGNORE_INDEX
+        labels[prompt_len:] = input_ids[prompt_len:]  # the answer, <|im_end|> and the newline after it
+        item = {"input_ids": input_ids, "labels": labels, **{k: v for k, v in encoded.items() if k != "input_ids"}}
         if len(input_ids) > self.cutoff_len:
+            item = self._truncated(item, prompt_len, example.id)
+        return item
+
+    def _truncated(self, item: dict[str, Any], prompt_len: int, example_id: str) -> dict[str, Any]:
+        """An over-long conversation cut as LLaMA-Factory cuts it (evisrag_core/truncation.py), or the error."""
+        input_ids = item["input_ids"]
+        if self.truncation == "error":
             raise BadRecordError(
-                f"{example.id}: {len(input_ids)} tokens exceed sft.cutoff_len={self.cutoff_len}; raise it or shrink "
-                "the images (sft.image_max_pixels)"
+                f"{example_id}: {len(input_ids)} tokens exceed sft.cutoff_len={self.cutoff_len}; raise it, shrink "
+                "the images (sft.image_max_pixels) or cut as the reference does (sft.truncation: llamafactory)"
             )
-        return {"input_ids": input_ids, "labels": labels, **{k: v for k, v in encoded.items() if k != "input_ids"}}
+        lengths = llamafactory_lengths(prompt_len, len(input_ids) - prompt_len, self.cutoff_len)
+        try:
+            require_images_kept(input_ids, lengths[0], self._vision_ids(), f"SFT record {example_id}")
+        except ValueError as err:
+            raise BadRecordError(str(err)) from err
+        keep = kept_positions(len(input_ids), prompt_len, lengths)
+        return {
+            k: (v[keep] if k in ("input_ids", "labels") else _cut_per_token(v, keep, input_ids))
+            for k, v in item.items()
+        }
+
+    def _vision_ids(self) -> list[int]:
+        tokens = ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>")
+        return [int(i) for i in self.processor.tokenizer.convert_tokens_to_ids(list(tokens))]
 
     def _prompt_length(self, prompt: str, encoded: Any, input_ids: torch.Tensor, example_id: str) -> int:
         """Tokens of the prompt inside the full encoding, without processing the images a second time: the prompt
@@ -79,7 +104,7 @@ class SFTCollator:
         return length
 
     def __call__(self, examples: Sequence[Conversation]) -> dict[str, torch.Tensor]:
-        items = [self._encode(e) for e in examples]
+        items = [self.encode(e) for e in examples]
         width = max(len(item["input_ids"]) for item in items)
         batch = {
             "input_ids": torch.full((len(items), width), self.pad_id, dtype=torch.long),
@@ -102,6 +127,13 @@ class SFTCollator:
             batch["pixel_values"] = torch.cat([item["pixel_values"] for item in items])
             batch["image_grid_thw"] = torch.cat([item["image_grid_thw"] for item in items])
         return batch
+
+
+def _cut_per_token(value: Any, keep: torch.Tensor, input_ids: torch.Tensor) -> Any:
+    """A processor output cut like the ids when it has one entry per token (attention_mask, mm_token_type_ids)."""
+    if isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape[1] == len(input_ids):
+        return value[:, keep]
+    return value
 
 
 def _per_token(item: dict[str, Any], key: str) -> bool:

@@ -144,7 +144,9 @@ def train_sft(
         model=model,
         args=training_arguments(cfg, seed),
         train_dataset=conversations,
-        data_collator=SFTCollator(processor, cfg.image_min_pixels, cfg.image_max_pixels, cfg.cutoff_len),
+        data_collator=SFTCollator(
+            processor, cfg.image_min_pixels, cfg.image_max_pixels, cfg.cutoff_len, cfg.truncation
+        ),
         callbacks=[_Relay()],
     )
     resume = resumable_checkpoint(cfg, sft_file, seed)

@@ -31,7 +31,7 @@ def sample(tiny_dataset: Path, tiny_model: tuple):
     return processor, conversations, collator
 
 
-def test_labels_cover_exactly_the_assistant_response_and_its_end_token(sample):
+def test_labels_cover_exactly_the_assistant_response_its_end_token_and_newline(sample):
     processor, conversations, collator = sample
     example = conversations[0]
     assert len(example.images) == 3
@@ -48,7 +48,7 @@ def test_labels_cover_exactly_the_assistant_response_and_its_end_token(sample):
         elif label != -100:
             assert label == token
     labelled = [t for t, label in zip(ids, labels, strict=True) if label != -100]
-    assert tokenizer.decode(labelled) == example.response + "<|im_end|>"
+    assert tokenizer.decode(labelled) == example.response + "<|im_end|>\n"  # LLaMA-Factory's target (spec §8)
     image_pad = tokenizer.convert_tokens_to_ids("<|image_pad|>")
     assert ids.count(image_pad) == 3 * 16  # three 112×112 images, 16 merged patches each, all masked
     assert all(label == -100 for token, label in zip(ids, labels, strict=True) if token == image_pad)

@@ -21,8 +21,6 @@ import pytest
 import yaml
 from conftest import weight_updates
 
-from evisrag_core.data.schema import SFT_FILE
-
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ZERO3 = REPO_ROOT / "configs" / "deepspeed" / "zero3.json"
 STEPS = 6  # × global batch 4 = one epoch of the 24 tiny conversations
@@ -71,9 +69,9 @@ def _rows(db: Path, sql: str) -> list[tuple]:
 def test_zero3_on_two_cpu_ranks_matches_the_single_process_run(tiny_dataset: Path, tiny_model_dir: Path, tmp_path):
     import torch
 
+    from evisrag_core.data.schema import load_test_split
     from evisrag_core.modeling import load_model_and_processor
-    from evisrag_core.predict import Decoding, Request, TransformersBackend
-    from evisrag_core.sft.train import load_conversations
+    from evisrag_core.predict import Decoding, TransformersBackend, build_requests
 
     raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     raw["data"]["out_dir"] = str(tiny_dataset)
@@ -118,8 +116,8 @@ def test_zero3_on_two_cpu_ranks_matches_the_single_process_run(tiny_dataset: Pat
     update, ref_update = weight_updates((model, ref_model), base)
     assert ref_update.norm() > 0
     assert (update - ref_update).norm() / ref_update.norm() < UPDATE_RTOL
-    conversation = load_conversations(tiny_dataset / "train" / SFT_FILE)[0]
-    request = Request("q", conversation.user_text, conversation.images, [])
+    split = tiny_dataset / "test" / "ColorSquare"
+    request = build_requests(load_test_split(split)[:1], split, top_k=3, max_images=5)[0]
     pixels = (raw["sft"]["image_min_pixels"], raw["sft"]["image_max_pixels"])
     answers = [
         TransformersBackend(m, processor, Decoding(0.0, 1.0, 1.0, 16), "model_card", pixels).generate([request])[0]

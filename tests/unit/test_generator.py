@@ -129,9 +129,10 @@ def block(response: str, tag: str) -> str:
     return response[response.index(f"<{tag}>") : response.index(f"</{tag}>") + len(f"</{tag}>")]
 
 
-def query_of(sft_row: dict[str, Any]) -> str:
-    match = re.search(r"\nQuestion: (.*)\n", sft_row["messages"][0]["content"])
-    assert match, sft_row["id"]
+def query_of(user_text: str) -> str:
+    """The question inside a record's whole user text (the evidence prompt's `Question:` line)."""
+    match = re.search(r"\nQuestion: (.*)\n", user_text)
+    assert match, user_text
     return match.group(1)
 
 
@@ -153,7 +154,7 @@ def test_same_spec_writes_byte_identical_files(tmp_path: Path) -> None:
     hashes = file_hashes(tmp_path / "a")
     assert first == second
     assert hashes == file_hashes(tmp_path / "b")
-    assert len(hashes) == 1 + 2 + 2 + 3 * (2 * 15 + 40 + 20)  # manifest, 2 test files, sft + rl, every image
+    assert len(hashes) == 1 + 2 + 3 + 3 * (2 * 15 + 40 + 20)  # manifest, 2 test files, sft + rl + dataset_info, images
 
 
 def test_different_seed_writes_different_data(tmp_path: Path) -> None:
@@ -292,12 +293,14 @@ def test_sft_rows_are_conversations_with_one_image_placeholder_per_image(dataset
     train = out / "train"
     rows = read_jsonl(train / SFT_FILE)
     assert len(rows) == 40
-    assert {split_of(query_of(row)) for row in rows} == set(SPLITS)  # the SFT set mixes both tasks
+    assert {split_of(query_of(row["messages"][1]["content"])) for row in rows} == set(SPLITS)  # both tasks
     for row in rows:
-        user, assistant = row["messages"]
-        assert (user["role"], assistant["role"]) == ("user", "assistant")
+        system, user, assistant = row["messages"]
+        assert (system["role"], user["role"], assistant["role"]) == ("system", "user", "assistant")
+        assert system["content"] == "You are a helpful assistant."  # Qwen2-VL's default: the same rendered chat
         assert len(row["images"]) == SPEC.images_per_question
-        query = query_of(row)
+        query = query_of(user["content"])
+        # LLaMA-Factory's form: the whole user text, the markers after the question (where the images go)
         assert user["content"] == evidence_prompt(query) + "<image>" * len(row["images"])
         assert user["content"].count("<image>") == len(row["images"])
         panels = tuple(read_panel(train / rel) for rel in row["images"])
@@ -311,10 +314,22 @@ def test_rl_rows_hold_the_tagged_ground_truth(dataset: tuple[Path, dict[str, Any
     assert len(rows) == 20
     for row in rows:
         panels = tuple(read_panel(train / rel) for rel in row["image"])
-        question = rebuild_question(row["id"], row["prompt"], panels)
+        question = rebuild_question(row["id"], query_of(row["prompt"]), panels)
+        # EasyR1's form: `prompt` is the whole user text, the same text as an SFT user turn
+        assert row["prompt"] == evidence_prompt(question.query) + "<image>" * len(row["image"])
         assert row["answer"] == tagged_ground_truth(question)
         assert row["is_sufficient"] == question.is_sufficient
         assert evidence_texts(row["answer"], 3)
+
+
+def test_train_folder_is_a_llamafactory_dataset(dataset: tuple[Path, dict[str, Any]]) -> None:
+    """`llamafactory-cli --dataset_dir <data>/train --dataset evidencecot` reads sft.jsonl with its system turns."""
+    out, _ = dataset
+    info = json.loads((out / "train" / "dataset_info.json").read_text())
+    entry = info["evidencecot"]
+    assert (entry["file_name"], entry["formatting"]) == (SFT_FILE, "sharegpt")
+    assert entry["columns"] == {"messages": "messages", "images": "images"}
+    assert entry["tags"]["system_tag"] == "system"
 
 
 @pytest.mark.parametrize("splits", [["ColorShape"], ["ColorSquare", "colorbackground"]])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from evisrag_core.prompts import PROMPT_TEMPLATES, build_messages, evidence_prompt
+from evisrag_core.prompts import PROMPT_TEMPLATES, build_messages, content_parts, evidence_prompt, user_turn
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_CARD = REPO_ROOT.parent / "shared" / "seed" / "evisrag_model_card.txt"
@@ -113,3 +113,56 @@ def test_build_messages_is_one_user_turn_text_then_images_in_order(
         expected_keys |= {"max_pixels"} if max_pixels is not None else set()
         assert set(entry) == expected_keys
         assert entry.get("min_pixels") == min_pixels and entry.get("max_pixels") == max_pixels
+
+
+def _shape(parts: list[dict]) -> list[str]:
+    """Content parts as short strings: the text itself, or `#<image>` for an image part."""
+    return [part["text"] if part["type"] == "text" else f"#{part['image']}" for part in parts]
+
+
+@pytest.mark.parametrize(
+    ("text", "images", "expected"),
+    [
+        # markers first, last, interleaved, absent (spec §8: image i where marker i stands)
+        ("<image><image>Which page?", ["a", "b"], ["#a", "#b", "Which page?"]),
+        ("Which page?<image><image>", ["a", "b"], ["Which page?", "#a", "#b"]),
+        (
+            "Page one: <image> page two: <image> which?",
+            ["a", "b"],
+            ["Page one: ", "#a", " page two: ", "#b", " which?"],
+        ),
+        ("<image>between<image>", ["a", "b"], ["#a", "between", "#b"]),
+        ("Which page?", ["a", "b"], ["Which page?", "#a", "#b"]),  # no markers: images after the text
+        ("Which page?", [], ["Which page?"]),
+        ("<image>", ["a"], ["#a"]),  # empty text between markers makes no part, as EasyR1 splits a prompt
+        ("Step 1\n<image>\n<image>\nQuestion: q\n", ["a", "b"], ["Step 1\n", "#a", "\n", "#b", "\nQuestion: q\n"]),
+    ],
+)
+def test_content_parts_put_each_image_at_its_marker(text: str, images: list[str], expected: list[str]) -> None:
+    parts = content_parts(text, images)
+    assert _shape(parts) == expected
+    # the text is kept verbatim: the parts' texts are the text without its markers
+    assert "".join(p["text"] for p in parts if p["type"] == "text") == text.replace("<image>", "")
+
+
+@pytest.mark.parametrize(("text", "count"), [("<image>q", 2), ("<image><image><image>q", 2), ("q<image>", 0)])
+def test_content_parts_refuse_markers_that_do_not_match_the_images(text: str, count: int) -> None:
+    with pytest.raises(ValueError, match=r"marker\(s\) in the text for"):
+        content_parts(text, [f"{i}.png" for i in range(count)])
+
+
+def test_user_turn_is_verbatim_and_carries_the_pixel_bounds() -> None:
+    text = evidence_prompt("Which?") + "<image><image>"
+    turn = user_turn(text, ["a.png", "b.png"], 3136, 12544)
+    assert turn["role"] == "user"
+    assert turn["content"][0] == {"type": "text", "text": evidence_prompt("Which?")}  # instructions once, untouched
+    assert turn["content"][1:] == [
+        {"type": "image", "image": name, "min_pixels": 3136, "max_pixels": 12544} for name in ("a.png", "b.png")
+    ]
+
+
+def test_a_bare_question_gets_the_template_and_refuses_markers() -> None:
+    """build_messages is the bare-question path: the evidence prompt around the question, then the images."""
+    assert build_messages("Which?", ["a.png"]) == [user_turn(evidence_prompt("Which?"), ["a.png"])]
+    with pytest.raises(ValueError, match="a bare question holds no <image> marker"):
+        build_messages("<image>Which?", ["a.png"])
