@@ -30,7 +30,7 @@ def test_each_method_predicts_on_the_tiny_model(
     model, processor = tiny_model
     backend = TransformersBackend(model, processor, GREEDY, "model_card", TINY_PIXELS, method)
 
-    inputs = backend._inputs(two_questions)
+    inputs = backend.encode(two_questions)
     vision_start = processor.tokenizer.convert_tokens_to_ids("<|vision_start|>")
     images_per_row = (inputs["input_ids"] == vision_start).sum(dim=1).tolist()
     assert images_per_row == [1 if METHODS[method].concat else 3] * 2
