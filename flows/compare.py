@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +29,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from evisrag_core.config import load_params
+from evisrag_core.errors import UserError
 from evisrag_core.io import atomic_path
 from tasks.tracking import STAGE_TAG
 
@@ -44,7 +44,7 @@ DEFAULT_OUT = Path("artifacts/compare.png")
 _BENCH_METRIC = re.compile(r"^metrics\.([^.]+)\.(.+)$")
 
 
-class CompareError(ValueError):
+class CompareError(UserError, ValueError):
     """The filters are invalid or match no pipeline run; the message says what to change."""
 
 
@@ -250,18 +250,14 @@ def format_table(table: pd.DataFrame) -> str:
 def cmd_compare(args: argparse.Namespace) -> int:
     """The `evisrag compare` command (its options are declared in flows/cli.py, which imports this module lazily)."""
     params = load_params(args.params)
-    try:
-        table = compare(
-            params.tracking.mlflow_tracking_uri,
-            args.experiment or [params.tracking.experiment_name],
-            [parse_tag(t) for t in args.tag],
-            parse_since(args.since) if args.since else None,
-            args.metric or list(DEFAULT_METRICS),
-            Path(args.out),
-        )
-    except CompareError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    table = compare(  # CompareError: flows/cli.py prints it and exits 2
+        params.tracking.mlflow_tracking_uri,
+        args.experiment or [params.tracking.experiment_name],
+        [parse_tag(t) for t in args.tag],
+        parse_since(args.since) if args.since else None,
+        args.metric or list(DEFAULT_METRICS),
+        Path(args.out),
+    )
     print(format_table(table))
     print(f"\n{len(table)} run(s); chart: {args.out}")
     return 0

@@ -13,10 +13,11 @@ from prefect.schedules import Cron
 from prefect.settings import get_current_settings
 
 from evisrag_core.config import Params
+from evisrag_core.errors import UserError
 from flows.pipeline import pipeline_flow
 
 
-class NoServerError(RuntimeError):
+class NoServerError(UserError, RuntimeError):
     """No Prefect server is configured: a served deployment needs one that outlives this process."""
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import mlflow
 
 from evisrag_core.config import Params
+from evisrag_core.errors import UserError
 
 PARENT_RUN_ENV = "EVISRAG_MLFLOW_PARENT_RUN_ID"
 STAGE_TAG = "evisrag.stage"
@@ -58,7 +59,24 @@ def stage_run(stage: str, params: Params, sections: list[str]) -> Iterator[mlflo
     with mlflow.start_run(run_name=stage, parent_run_id=parent, tags=tags) as run:
         dumped = params.model_dump(mode="json")
         mlflow.log_params(flatten({s: dumped[s] for s in sections} | {"seed": dumped["seed"]}))
-        yield run
+        with refused_on_user_error():
+            yield run
+
+
+USER_ERROR_TAG = "evisrag.user_error"
+
+
+@contextmanager
+def refused_on_user_error() -> Iterator[None]:
+    """End the active run KILLED, not FAILED, when a user error (a bad record, a missing input) stops it, with the
+    message as the `evisrag.user_error` tag: FAILED is kept for bugs and outages, as in Prefect (flows/__init__.py).
+    Ending the run here leaves `mlflow.start_run`'s own exit nothing to mark."""
+    try:
+        yield
+    except UserError as err:
+        mlflow.set_tag(USER_ERROR_TAG, str(err)[:5000])  # MLflow caps tag values; the message leads
+        mlflow.end_run(status="KILLED")
+        raise
 
 
 def log_json_artifact(obj: Any, name: str) -> None:
