@@ -9,6 +9,7 @@ server started from the project folder.
 """
 
 import functools
+import logging
 import os
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -34,6 +35,16 @@ def flow_run_name(stage: str) -> Callable[[], str]:
     return lambda: f"{stage}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
 
 
+class NoUserErrorTraceback(logging.Filter):
+    """Keep Prefect's log line of a task stopped by a user error, without the traceback: the message says what to
+    do, and the CLI promises a user error no traceback (in the terminal or the Prefect UI's log)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], UserError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def refuse_user_errors(body: Callable[..., Any]) -> Callable[..., Any]:
     """A flow body whose user error (evisrag_core.errors.UserError) ends the flow run as *Refused*, a Cancelled-type
     state carrying the message, instead of Failed: a typo in an input is not an incident, and Prefect's failure
@@ -42,6 +53,10 @@ def refuse_user_errors(body: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(body)
     def run(*args: Any, **kwargs: Any) -> Any:
+        for name in ("prefect.task_runs", "prefect.flow_runs"):  # the loggers Prefect's engines report a failure on
+            logger = logging.getLogger(name)
+            if not any(isinstance(f, NoUserErrorTraceback) for f in logger.filters):
+                logger.addFilter(NoUserErrorTraceback())
         from prefect.states import Cancelled  # here: this module sets Prefect's settings before its first import
 
         try:

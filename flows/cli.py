@@ -176,9 +176,6 @@ def _evaluate_file(args: argparse.Namespace) -> int:
 
 
 def cmd_answer(args: argparse.Namespace) -> int:
-    from evisrag_core.modeling import load_model_and_processor
-    from evisrag_core.predict import Decoding, Request, TransformersBackend, set_cpu_threads
-
     params = load_params(args.params)
     cfg = params.predict
     urls = [p for p in args.images if "://" in p]
@@ -191,6 +188,9 @@ def cmd_answer(args: argparse.Namespace) -> int:
         raise UserError(f"{len(args.images)} images given; the model takes at most {cfg.max_images_per_prompt}")
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens {args.max_new_tokens}: give a positive number of tokens")
+    from evisrag_core.modeling import load_model_and_processor  # torch: seconds, only once the inputs are good
+    from evisrag_core.predict import Decoding, Request, TransformersBackend, set_cpu_threads
+
     set_cpu_threads()
     model, processor = load_model_and_processor(args.model or cfg.model_dir, trust_remote_code=False)
     sampling = Decoding(cfg.temperature, cfg.top_p, cfg.repetition_penalty, args.max_new_tokens or cfg.max_new_tokens)

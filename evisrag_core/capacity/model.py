@@ -104,8 +104,6 @@ class Architecture:
 
 def load_arch_config(path: str | Path = DEFAULT_ARCH_CONFIG) -> Any:
     """A Qwen2_5_VLConfig from a JSON file (hub `config.json` or our nested form; `_comment` keys are ignored)."""
-    from transformers import Qwen2_5_VLConfig
-
     path = Path(path)
     if not path.is_file():
         raise InputNotFoundError(f"--arch-config {path} not found; give a model's config.json")
@@ -115,6 +113,8 @@ def load_arch_config(path: str | Path = DEFAULT_ARCH_CONFIG) -> Any:
         raise UserError(f"--arch-config {path} is not a JSON config ({err}); give a model's config.json") from None
     if not isinstance(raw, dict):
         raise UserError(f"--arch-config {path}: expected a JSON object (a model's config.json)")
+    from transformers import Qwen2_5_VLConfig  # seconds to import: after the file checks
+
     return Qwen2_5_VLConfig(**{k: v for k, v in raw.items() if not k.startswith("_")})
 
 
