@@ -149,8 +149,9 @@ def test_a_user_error_starts_no_prefect_or_mlflow_run(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_a_bad_record_inside_a_flow_run_ends_it_refused_not_failed(tmp_path: Path) -> None:
     """A user error that only shows inside a stage's run (a test record naming an image URL, met while the evaluate
-    flow reads the data) still exits 2 with one message and no traceback (not even in the run's log); Prefect records the flow run as Refused (Cancelled
-    type) and MLflow the stage run as KILLED with the message as a tag, so neither counts it as a failure."""
+    flow reads the data) still exits 2 with one message and no traceback, not even in the run's log. Prefect records
+    the flow run as Refused (Cancelled type) and MLflow the stage run as KILLED with the message as a tag, so neither
+    counts it as a failure."""
     for name in ("params.yaml", "dvc.yaml"):
         shutil.copy(REPO_ROOT / name, tmp_path / name)
     _test_split(tmp_path / "data" / "test" / "Bench", ["https://example.com/a.png"])
