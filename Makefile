@@ -6,9 +6,17 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test test-fast lint venv clean-run bench bench-quick bench-quality
+.PHONY: run test test-fast lint venv clean-run bench bench-quick bench-quality plots-page
+
+PLOTS_PAGE := .dvc/plots/offline.html
 
 venv: $(STAMP)
+
+## make plots-page: the page `dvc plots show` fills, with Vega inlined from the pinned vl-convert-python (offline)
+plots-page: $(PLOTS_PAGE)
+
+$(PLOTS_PAGE): scripts/build_plots_page.py $(STAMP)
+	$(BIN)/python scripts/build_plots_page.py $@
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,13 +26,13 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	touch $(STAMP)
 
 ## make run: reproduce download → model → sft → rsgrpo → predict → evaluate → report and print the metrics table
-run: venv
+run: venv $(PLOTS_PAGE)
 	@test -d .git || (echo "make run needs a git checkout (DVC tracks the pipeline in git)"; exit 1)
 	$(BIN)/evisrag pipeline
 	$(BIN)/dvc repro
 
 ## make test: the whole test suite, end-to-end runs included (as CI runs it)
-test: venv
+test: venv $(PLOTS_PAGE)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q
