@@ -13,7 +13,9 @@ evisrag report                                    the run report: reports/run/in
 evisrag compare [--experiment E --tag K=V --since D --out PNG]   pipeline runs in MLflow side by side
 evisrag plan [--gpus N --gpu-type T] [--json]      7B memory/throughput estimate for the paper runs
 
-Exit codes: 0 done; 2 a user error; 1 anything else (a bug or an outage, with its traceback).
+Exit codes: 0 done; 2 a user error (a bad params file, flag, input file or stage name), printed as one `error:`
+message that says what to do, with no traceback and no failed Prefect or MLflow run; 1 anything else (a bug or an
+outage, with its traceback).
 """
 
 # The user-error rule, written once here (main): an exception of the evisrag_core.errors.UserError family, or a bad
