@@ -6,9 +6,17 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test test-fast lint venv clean-run bench bench-quick bench-quality
+.PHONY: run test test-fast lint venv clean-run bench bench-quick bench-quality plots-page record-run
+
+PLOTS_PAGE := .dvc/plots/offline.html
 
 venv: $(STAMP)
+
+## make plots-page: the page `dvc plots show` fills, with Vega inlined from the pinned vl-convert-python (offline)
+plots-page: $(PLOTS_PAGE)
+
+$(PLOTS_PAGE): scripts/build_plots_page.py $(STAMP)
+	$(BIN)/python scripts/build_plots_page.py $@
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,13 +26,20 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	touch $(STAMP)
 
 ## make run: reproduce download → model → sft → rsgrpo → predict → evaluate → report and print the metrics table
-run: venv
+run: venv $(PLOTS_PAGE)
 	@test -d .git || (echo "make run needs a git checkout (DVC tracks the pipeline in git)"; exit 1)
 	$(BIN)/evisrag pipeline
 	$(BIN)/dvc repro
 
+## make record-run: commit what a run changed that git tracks (dvc.lock, metrics.json, the plots/ logs and the
+## .gitignore files DVC writes beside its outputs), so that `dvc metrics diff`, `dvc params diff`, `dvc plots diff` and
+## `dvc exp show` compare later runs with it. MSG="..." sets the commit message.
+record-run:
+	git add dvc.lock metrics.json plots ':(glob)**/.gitignore'
+	git commit -m "$(or $(MSG),Record a pipeline run (dvc.lock with metrics and plots))"
+
 ## make test: the whole test suite, end-to-end runs included (as CI runs it)
-test: venv
+test: venv $(PLOTS_PAGE)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q

@@ -1,6 +1,5 @@
 """What `evisrag answer` shows a person: the answer, the evidence recorded for each image, and what is wrong with the
 format, read from one generated text: pure functions of the text, the image names and the method's blocks
-(`image_problem` checks the image files before a model is loaded).
 
 - **answer**: what the evaluation would score (evisrag_core.parsing.extract_answer: the first `<answer>` block, the
   rest of the text when it is never closed, the whole text when there is none), stripped.
@@ -18,7 +17,6 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from evisrag_core.grounding import evidence_items
@@ -121,13 +119,3 @@ def answer_fields(view: AnswerView) -> dict[str, Any]:
     fields["evidence"] = [asdict(item) for item in view.evidence]
     fields["problems"] = list(view.problems)
     return {"format_ok": view.format_ok, **fields}
-
-
-def image_problem(paths: Sequence[str], limit: int) -> str | None:
-    """Why `evisrag answer` cannot take these image files (missing ones, or more than the model's limit), or None."""
-    missing = [path for path in paths if not Path(path).is_file()]
-    if missing:
-        return f"image(s) not found: {', '.join(missing)}"
-    if len(paths) > limit:
-        return f"{len(paths)} images given; the model takes at most {limit}"
-    return None

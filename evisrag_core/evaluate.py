@@ -20,6 +20,7 @@ from typing import Any
 from evisrag_core.bad_records import BadRecords, read_records
 from evisrag_core.config import OnBadRecord
 from evisrag_core.data.schema import TestRecord, list_benchmarks, load_test_split
+from evisrag_core.errors import InputNotFoundError
 from evisrag_core.grounding import QuestionGrounding, aggregate_grounding, question_grounding
 from evisrag_core.io import BadRecordError, write_json_atomic, write_jsonl_atomic
 from evisrag_core.metrics import QuestionScore, aggregate, score_prediction
@@ -176,12 +177,12 @@ def _benchmarks_to_score(data_dir: Path, preds_dir: Path, benchmarks: Sequence[s
     if benchmarks is not None:
         absent = [b for b in benchmarks if not (preds_dir / f"{b}.jsonl").is_file()]
         if absent:
-            raise FileNotFoundError(f"no prediction file in {preds_dir} for: {', '.join(absent)}; run predict first")
+            raise InputNotFoundError(f"no prediction file in {preds_dir} for: {', '.join(absent)}; run predict first")
         return list(benchmarks)
     available = list_benchmarks(data_dir)
     chosen = [b for b in available if (preds_dir / f"{b}.jsonl").is_file()]
     if not chosen:
-        raise FileNotFoundError(f"none of the benchmarks {available} has a prediction file <B>.jsonl in {preds_dir}")
+        raise InputNotFoundError(f"none of the benchmarks {available} has a prediction file <B>.jsonl in {preds_dir}")
     skipped = sorted(set(available) - set(chosen))
     if skipped:
         logger.warning("skipping %d benchmark(s) without predictions in %s: %s", len(skipped), preds_dir, skipped)

@@ -25,6 +25,7 @@ from evisrag_core.data.schema import (
     parse_rl_record,
     parse_sft_record,
 )
+from evisrag_core.errors import UserError
 from evisrag_core.io import jsonl_rows
 
 STAGES = ("sft", "rsgrpo", "predict")
@@ -33,7 +34,7 @@ LOSS_OPEN, LOSS_CLOSE = "⟦", "⟧"
 _PAD_RUN = re.compile(f"(?:{re.escape(IMAGE_PAD)})+")
 
 
-class InspectError(ValueError):
+class InspectError(UserError, ValueError):
     """A request `evisrag prompt` cannot answer (no such record, benchmark or input file); the message says why."""
 
 

@@ -14,12 +14,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
+from evisrag_core.errors import UserError
 
-class BadRecordError(ValueError):
+
+class BadRecordError(UserError, ValueError):
     """A record in an input file is malformed; the message names the file, the line and what to do."""
 
 
-class DiskFullError(OSError):
+class DiskFullError(UserError, OSError):
     """A write failed for lack of space (or a file-size limit); the previous version of the output is intact."""
 
 

@@ -30,6 +30,7 @@ from transformers import (
 )
 
 from evisrag_core.config import TinyModelParams
+from evisrag_core.errors import UserError
 from evisrag_core.prompts import PROMPT_TEMPLATES
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ CHAT_TEMPLATE = (
 )
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(UserError, RuntimeError):
     """A model folder or hub id cannot be used; the message says why and what to do."""
 
 

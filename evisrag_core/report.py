@@ -44,6 +44,7 @@ _STYLE = """
 body { font-family: sans-serif; margin: 1.5em; max-width: 80em; }
 table { border-collapse: collapse; margin: 0.5em 0; font-size: 90%; }
 td, th { border: 1px solid #ccc; padding: 0.15em 0.5em; text-align: right; }
+th { vertical-align: bottom; max-width: 6.5em; }  /* long metric names wrap at their underscores (<wbr>) */
 th:first-child, td:first-child { text-align: left; }
 .example { border: 1px solid #bbb; border-radius: 6px; padding: 0.8em; margin-bottom: 1.2em; }
 .good { border-left: 6px solid #4caf50; } .bad { border-left: 6px solid #e53935; }
@@ -187,13 +188,19 @@ def _cell(value: Any) -> str:
     return html.escape(str(value))
 
 
+def _breakable(name: str) -> str:
+    """A metric name that may wrap after each underscore: 18 columns of names like `issuff_refusal_rate` on one line
+    would make the table about 1,900 px wide; wrapped, it fits 1,400 px."""
+    return "_<wbr>".join(html.escape(part) for part in name.split("_"))
+
+
 def metrics_table(metrics: dict[str, dict[str, Any]]) -> str:
     """Benchmarks as rows (overall last), EM/Acc/F1 then grounding keys as columns; absent values are n/a."""
     names = sorted(metrics, key=lambda name: (name == OVERALL, name))
     present = {k for row in metrics.values() for k in row}
     columns = [k for k in (*METRIC_KEYS, *GROUNDING_KEYS) if k in present]
     columns += sorted(present - set(columns))
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in ["benchmark", *columns])
+    head = "".join(f"<th>{_breakable(c)}</th>" for c in ["benchmark", *columns])
     body = "".join(
         "<tr>" + f"<td>{html.escape(n)}</td>" + "".join(f"<td>{_cell(metrics[n].get(c))}</td>" for c in columns)
         for n in names

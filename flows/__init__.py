@@ -8,10 +8,15 @@ otherwise, so flow runs started by `dvc repro` and by `evisrag pipeline` land in
 server started from the project folder.
 """
 
+import functools
+import logging
 import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+from evisrag_core.errors import UserError
 
 os.environ.setdefault("PREFECT_HOME", str(Path.cwd() / ".prefect"))
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "evisrag_core")
@@ -28,3 +33,46 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 def flow_run_name(stage: str) -> Callable[[], str]:
     """Flow-run names a person can find in the UI: `<stage>-<UTC time>`."""
     return lambda: f"{stage}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+
+
+class NoUserErrorTraceback(logging.Filter):
+    """Keep Prefect's log line of a task stopped by a user error, without the traceback: the message says what to
+    do, and the CLI promises a user error no traceback (in the terminal or the Prefect UI's log)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], UserError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def refuse_user_errors(body: Callable[..., Any]) -> Callable[..., Any]:
+    """A flow body whose user error (evisrag_core.errors.UserError) ends the flow run as *Refused*, a Cancelled-type
+    state carrying the message, instead of Failed: a typo in an input is not an incident, and Prefect's failure
+    notifications and retries are for those. The error itself is the state's data, so calling the flow still raises
+    it and the CLI exits 2 with its message. MLflow's run ends KILLED for the same reason (tasks/tracking.py)."""
+
+    @functools.wraps(body)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        for name in ("prefect.task_runs", "prefect.flow_runs"):  # the loggers Prefect's engines report a failure on
+            logger = logging.getLogger(name)
+            if not any(isinstance(f, NoUserErrorTraceback) for f in logger.filters):
+                logger.addFilter(NoUserErrorTraceback())
+        from prefect.states import Cancelled  # here: this module sets Prefect's settings before its first import
+
+        try:
+            return body(*args, **kwargs)
+        except UserError as err:
+            return Cancelled(name="Refused", message=f"user error: {err}", data=err)
+
+    return run
+
+
+def stage_flow(name: str) -> Callable[[Callable[..., Any]], Any]:
+    """`@stage_flow("sft")`: the Prefect flow of one stage command, named `<stage>-<UTC time>` per run, whose user
+    errors end the run as Refused (see refuse_user_errors)."""
+    from prefect import flow  # after the settings above, as in refuse_user_errors
+
+    def make(body: Callable[..., Any]) -> Any:
+        return flow(name=name, flow_run_name=flow_run_name(name))(refuse_user_errors(body))
+
+    return make

@@ -14,7 +14,20 @@ evisrag prompt {sft|rsgrpo|predict} [--index N] [--benchmark B]   what the model
 evisrag report                                    the run report: reports/run/index.html
 evisrag compare [--experiment E --tag K=V --since D --out PNG]   pipeline runs in MLflow side by side
 evisrag plan [--gpus N --gpu-type T] [--json]      7B memory/throughput estimate for the paper runs
+
+Exit codes: 0 done; 2 a user error (a bad params file, flag, input file or stage name), printed as one `error:`
+message that says what to do, with no traceback and no failed Prefect or MLflow run; 1 anything else (a bug or an
+outage, with its traceback).
 """
+
+# The user-error rule, written once here (main): an exception of the evisrag_core.errors.UserError family, or a bad
+# command line (argparse), prints ONE message, `error: <what was wrong, where, and what to do>`, on stderr and exits
+# 2, with no traceback. A command never catches or prints errors itself: it raises UserError (or a subclass:
+# ParamsError, PlanError, BadRecordError, ImageError, InputNotFoundError, ModelLoadError, DiskFullError,
+# CompareError, NoServerError…) and main does the rest, so a new subcommand gets the rule by raising that type.
+# Inputs are checked before a Prefect flow run or an MLflow run starts (the params file, the paths and stage names
+# given on the command line); a user error found inside a run (a bad record deep in a file) ends the Prefect flow run
+# as Refused and the MLflow run as KILLED, never FAILED (flows/__init__.py, tasks/tracking.py).
 
 from __future__ import annotations
 
@@ -27,9 +40,11 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
+import yaml
+
 import flows  # noqa: F401  (sets Prefect's project-local defaults before prefect is imported)
-from evisrag_core.config import DEFAULT_PARAMS, ParamsError, load_params
-from evisrag_core.io import BadRecordError, DiskFullError
+from evisrag_core.config import DEFAULT_PARAMS, load_params
+from evisrag_core.errors import InputNotFoundError, UserError
 
 # The commands that run pipeline stages: their params file is validated before anything starts.
 PIPELINE_COMMANDS = ("download", "model", "sft", "rsgrpo", "predict", "evaluate", "report", "pipeline")
@@ -87,15 +102,9 @@ def _dry_run(args: argparse.Namespace, stage: str) -> int:
     params file given; exit 2 with the list of problems when the plan is inconsistent."""
     from dataclasses import asdict
 
-    from evisrag_core.config import PlanError
-
     params, table = _settings_table(args.params, stage)
     preflight = importlib.import_module(f"evisrag_core.{stage}.preflight")
-    try:
-        plan = preflight.plan_from_params(params, str(args.params))
-    except PlanError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    plan = preflight.plan_from_params(params, str(args.params))  # PlanError lists every problem (exit 2)
     print(table)
     print(f"\nplan:\n{json.dumps(asdict(plan), indent=2, default=str)}")
     print(f"\nlaunch with:\n  {plan.launch_command}")
@@ -129,6 +138,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         from evisrag_core.backend_choice import describe_backend
 
         return _show_settings(args, "predict", describe_backend(load_params(args.params).predict.backend))
+    params = load_params(args.params)
+    require_path(args.data or params.data.out_dir, "the dataset folder (--data or data.out_dir)", "evisrag download")
+    model = Path(args.model or params.predict.model_dir)
+    require_path(model / "config.json", f"the model folder {model} (--model or predict.model_dir)", "evisrag model")
     from flows.predict import predict_flow
 
     predict_flow(params_path=str(args.params), model_dir=args.model, data_dir=args.data, out_dir=args.out)
@@ -140,6 +153,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return _show_settings(args, "evaluate")
     if args.preds and Path(args.preds).is_file():
         return _evaluate_file(args)
+    params = load_params(args.params)
+    require_path(args.data or params.data.out_dir, "the dataset folder (--data or data.out_dir)", "evisrag download")
+    preds = args.preds or params.predict.out_dir
+    require_path(preds, "the predictions (--preds or predict.out_dir)", "evisrag predict")
     from flows.evaluate import evaluate_flow
 
     metrics = evaluate_flow(
@@ -156,7 +173,7 @@ def _evaluate_file(args: argparse.Namespace) -> int:
     from evisrag_core.io import write_json_atomic
 
     if not args.data:
-        raise SystemExit("--preds FILE needs --data DIR: the test folder holding top3_test.jsonl")
+        raise UserError("--preds FILE needs --data DIR: the test folder holding top3_test.jsonl")
     records = load_test_split(args.data)
     metrics, _ = evaluate_split(
         records, read_predictions(args.preds), allow_missing=args.allow_missing, source=str(args.preds)
@@ -170,17 +187,24 @@ def _evaluate_file(args: argparse.Namespace) -> int:
 def cmd_answer(args: argparse.Namespace) -> int:
     """One question over images: the answer and each image's evidence (evisrag_core.answer_view), a warning on
     stderr when the format is broken; `--raw` the generated text, `--json` the fields."""
-    from evisrag_core.answer_view import answer_fields, format_warning, image_problem, read_response, render_answer
-    from evisrag_core.modeling import load_model_and_processor
-    from evisrag_core.predict import Decoding, Request, TransformersBackend, set_cpu_threads
+    from evisrag_core.answer_view import answer_fields, format_warning, read_response, render_answer
     from evisrag_core.prompt_methods import get_method
 
     params = load_params(args.params)
     cfg = params.predict
-    problem = image_problem(args.images, cfg.max_images_per_prompt)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
+    urls = [p for p in args.images if "://" in p]
+    if urls:
+        raise UserError(f"--images takes local files, not URLs ({', '.join(urls)}); download them and pass the paths")
+    missing = [p for p in args.images if not Path(p).is_file()]
+    if missing:
+        raise InputNotFoundError(f"image(s) not found: {', '.join(missing)}")
+    if len(args.images) > cfg.max_images_per_prompt:
+        raise UserError(f"{len(args.images)} images given; the model takes at most {cfg.max_images_per_prompt}")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens {args.max_new_tokens}: give a positive number of tokens")
+    from evisrag_core.modeling import load_model_and_processor  # torch: seconds, only once the inputs are good
+    from evisrag_core.predict import Decoding, Request, TransformersBackend, set_cpu_threads
+
     set_cpu_threads()
     model, processor = load_model_and_processor(args.model or cfg.model_dir, trust_remote_code=False)
     sampling = Decoding(cfg.temperature, cfg.top_p, cfg.repetition_penalty, args.max_new_tokens or cfg.max_new_tokens)
@@ -203,17 +227,14 @@ def cmd_answer(args: argparse.Namespace) -> int:
 
 def cmd_prompt(args: argparse.Namespace) -> int:
     """`evisrag prompt`: one record of a stage's input as the model is given it (evisrag_core/inspect_prompt.py)."""
-    from evisrag_core.inspect_prompt import InspectError, show_prompt
+    from evisrag_core.inspect_prompt import show_prompt
 
-    try:
-        print(show_prompt(load_params(args.params), args.stage, args.index, args.benchmark))
-    except (InspectError, BadRecordError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    print(show_prompt(load_params(args.params), args.stage, args.index, args.benchmark))
     return 0
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
+    check_stage_targets(args.targets, Path("dvc.yaml"))  # before the flow run and its MLflow parent run start
     from flows.pipeline import pipeline_flow
 
     metrics = pipeline_flow(targets=args.targets, force=args.force)
@@ -223,23 +244,58 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from flows.serve import NoServerError, serve
+    from flows.serve import serve
 
-    try:
-        serve(load_params(args.params), str(args.params))
-    except NoServerError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    serve(load_params(args.params), str(args.params))  # NoServerError (exit 2) without a Prefect server
     return 0
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
     params = load_params(args.params)
     path = Path(args.file or params.evaluate.metrics_file)
-    if not path.is_file():
-        raise SystemExit(f"{path} not found; run `evisrag pipeline` (or `dvc repro`) first")
-    print(format_metrics(json.loads(path.read_text())))
+    print(format_metrics(read_metrics_file(path)))
     return 0
+
+
+def read_metrics_file(path: Path) -> dict[str, dict[str, Any]]:
+    """A metrics file as `evisrag evaluate` writes it: {benchmark: {metric: number}}; UserError for anything else."""
+    if not path.is_file():
+        raise InputNotFoundError(f"{path} not found; run `evisrag pipeline` (or `dvc repro`) first")
+    expected = "a JSON object {benchmark: {metric: value}}, as `evisrag evaluate` writes (metrics.json)"
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{path} is not JSON ({err}); expected {expected}") from None
+    if not isinstance(metrics, dict) or not metrics:
+        raise UserError(f"{path} holds a {type(metrics).__name__}, not a metrics table; expected {expected}")
+    bad = [name for name, row in metrics.items() if not isinstance(row, dict)]
+    if bad:
+        raise UserError(f"{path}: {', '.join(map(repr, bad[:3]))} is not an object of metrics; expected {expected}")
+    return metrics
+
+
+def require_path(path: str | Path, what: str, produced_by: str) -> None:
+    """A path the command reads must exist before a flow run starts for it."""
+    if not Path(path).exists():
+        raise InputNotFoundError(f"{what} {path} not found; run `{produced_by}` first or pass another path")
+
+
+def check_stage_targets(targets: list[str], dvc_file: Path) -> None:
+    """`evisrag pipeline STAGE ...`: every target is a stage of dvc.yaml (or `dvc.yaml:STAGE`, or a path DVC
+    accepts), checked before a Prefect flow run or an MLflow run starts, so a typo is not a failed run."""
+    if not dvc_file.is_file():
+        raise InputNotFoundError(f"{dvc_file} not found; run `evisrag pipeline` from the project root")
+    try:
+        stages = list((yaml.safe_load(dvc_file.read_text(encoding="utf-8")) or {}).get("stages", {}))
+    except yaml.YAMLError as err:
+        raise UserError(f"{dvc_file} is not valid YAML ({_one_line(err)}); fix it or restore it with git") from None
+    unknown = [t for t in targets if t.removeprefix(f"{dvc_file}:") not in stages and not Path(t).exists()]
+    if unknown:
+        raise UserError(f"unknown stage {', '.join(unknown)}; the stages of {dvc_file} are: {', '.join(stages)}")
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -271,7 +327,7 @@ SHOW_SETTINGS = "print every setting the stage reads, with its source, and the c
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="evisrag", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = ArgumentParser(prog="evisrag", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: params.yaml)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -352,8 +408,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the user-error rule's format: one `error:` line naming the command's --help (argparse's own
+    format adds a usage block). Subcommand parsers inherit it (argparse builds them with the parent's class)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message}; see `{self.prog} --help`\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # a bad command line exits 2 here (ArgumentParser.error)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     for chatty in ("httpx", "httpcore", "alembic", "urllib3"):
         logging.getLogger(chatty).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
@@ -362,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
             # A bad params file is one message and exit 2 here, before a Prefect flow run (and its traceback log)
             load_params(args.params)
         return args.func(args)
-    except (ParamsError, BadRecordError, FileNotFoundError, DiskFullError) as err:
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     finally:

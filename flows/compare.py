@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +29,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from evisrag_core.config import load_params
+from evisrag_core.errors import UserError
 from evisrag_core.io import atomic_path
 from tasks.tracking import STAGE_TAG
 
@@ -44,7 +44,7 @@ DEFAULT_OUT = Path("artifacts/compare.png")
 _BENCH_METRIC = re.compile(r"^metrics\.([^.]+)\.(.+)$")
 
 
-class CompareError(ValueError):
+class CompareError(UserError, ValueError):
     """The filters are invalid or match no pipeline run; the message says what to change."""
 
 
@@ -189,8 +189,16 @@ def comparison_table(parents: pd.DataFrame, evaluates: pd.DataFrame, keys: Seque
 # --- chart ----------------------------------------------------------------------------------------------------------
 
 
-def plot_comparison(table: pd.DataFrame, keys: Sequence[str], out: Path) -> Path:
-    """Grouped bars: one panel per metric, benchmarks on the x axis, one bar per run; written atomically."""
+def value_label(value: float) -> str:
+    """What a bar says: a rate with three decimals (0.995 and 1.000 must look different), a count as an integer, a
+    missing value (a run without that benchmark) as n/a."""
+    if pd.isna(value):
+        return "n/a"
+    return f"{value:.0f}" if float(value).is_integer() and abs(value) > 1 else f"{value:.3f}"
+
+
+def comparison_figure(table: pd.DataFrame, keys: Sequence[str]) -> Figure:
+    """Grouped bars: one panel per metric, benchmarks on the x axis, one bar per run, its value written on it."""
     panels = [k for k in keys if any(c.endswith(f".{k}") for c in table.columns)]
     if not panels:
         raise CompareError(f"none of the metrics {list(keys)} was logged by the selected runs")
@@ -198,19 +206,30 @@ def plot_comparison(table: pd.DataFrame, keys: Sequence[str], out: Path) -> Path
     figure = Figure(figsize=(max(6.0, 3.0 + n_benches * (0.4 + 0.25 * len(table))), 3.2 * len(panels)), dpi=100)
     axes_list = figure.subplots(len(panels), 1, squeeze=False)[:, 0]
     width = 0.8 / len(table)
+    vertical = len(table) > 2  # narrow bars: labels turned upright so they do not overlap
     for axes, key in zip(axes_list, panels, strict=True):
         columns = [c for c in table.columns if c.endswith(f".{key}")]
         benches = [c.removesuffix(f".{key}") for c in columns]
         for i, (label, row) in enumerate(table[columns].iterrows()):
             positions = [b + (i - (len(table) - 1) / 2) * width for b in range(len(columns))]
-            axes.bar(positions, row.astype(float).fillna(0.0).tolist(), width=width, label=label)
+            values = row.astype(float)
+            bars = axes.bar(positions, values.fillna(0.0).tolist(), width=width, label=label)
+            labels = [value_label(v) for v in values]
+            axes.bar_label(bars, labels=labels, fontsize=7, padding=2, rotation=90 if vertical else 0)
         axes.set_xticks(range(len(columns)), benches)
         top = float(table[columns].max().max())
-        axes.set(ylabel=key, ylim=(0, max(1.05, 1.05 * top)))  # rates in [0, 1]; counts (cnt_*) go higher
+        headroom = 1.3 if vertical else 1.15  # room for the labels above the highest bar
+        axes.set(ylabel=key, ylim=(0, headroom * max(1.0, top)))  # rates in [0, 1]; counts (cnt_*) go higher
         axes.grid(axis="y", alpha=0.3)
     axes_list[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     axes_list[0].set_title("runs per benchmark")
     figure.tight_layout()
+    return figure
+
+
+def plot_comparison(table: pd.DataFrame, keys: Sequence[str], out: Path) -> Path:
+    """The comparison chart (comparison_figure) as a PNG, written atomically."""
+    figure = comparison_figure(table, keys)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         figure.savefig(tmp, format="png")
@@ -250,18 +269,14 @@ def format_table(table: pd.DataFrame) -> str:
 def cmd_compare(args: argparse.Namespace) -> int:
     """The `evisrag compare` command (its options are declared in flows/cli.py, which imports this module lazily)."""
     params = load_params(args.params)
-    try:
-        table = compare(
-            params.tracking.mlflow_tracking_uri,
-            args.experiment or [params.tracking.experiment_name],
-            [parse_tag(t) for t in args.tag],
-            parse_since(args.since) if args.since else None,
-            args.metric or list(DEFAULT_METRICS),
-            Path(args.out),
-        )
-    except CompareError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    table = compare(  # CompareError: flows/cli.py prints it and exits 2
+        params.tracking.mlflow_tracking_uri,
+        args.experiment or [params.tracking.experiment_name],
+        [parse_tag(t) for t in args.tag],
+        parse_since(args.since) if args.since else None,
+        args.metric or list(DEFAULT_METRICS),
+        Path(args.out),
+    )
     print(format_table(table))
     print(f"\n{len(table)} run(s); chart: {args.out}")
     return 0

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import fields
 
 from evisrag_core.capacity.model import GPUS
@@ -33,11 +32,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         kl=args.kl,
         arch_config=args.arch_config,
     )
-    try:
-        plan = build_plan(request, sft, rsgrpo)
-    except (ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    plan = build_plan(request, sft, rsgrpo)
     print(json.dumps(plan, indent=2) if args.json else format_plan(plan))
     return 0
 

@@ -13,10 +13,11 @@ from prefect.schedules import Cron
 from prefect.settings import get_current_settings
 
 from evisrag_core.config import Params
+from evisrag_core.errors import UserError
 from flows.pipeline import pipeline_flow
 
 
-class NoServerError(RuntimeError):
+class NoServerError(UserError, RuntimeError):
     """No Prefect server is configured: a served deployment needs one that outlives this process."""
 
 
@@ -25,9 +26,10 @@ def prefect_api_url() -> str:
     url = get_current_settings().api.url
     if not url:
         raise NoServerError(
-            "evisrag serve needs a running Prefect server: start one with\n"
+            "evisrag serve needs a running Prefect server; start one, point PREFECT_API_URL at it, serve again:\n"
             "  PREFECT_HOME=$PWD/.prefect prefect server start --host 127.0.0.1 --port 4200\n"
-            "then `export PREFECT_API_URL=http://127.0.0.1:4200/api` and run `evisrag serve` again"
+            "  export PREFECT_API_URL=http://127.0.0.1:4200/api\n"
+            "  evisrag serve"
         )
     return str(url)
 

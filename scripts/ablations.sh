@@ -97,5 +97,7 @@ done
 
 echo "=== results ($out)"
 dvc exp show --no-pager --only-changed --md | tee "$out/exp_show.md"
+# the offline page dvc's config names (make plots-page); without it dvc would take the path itself for the page
+[[ -f .dvc/plots/offline.html ]] || python scripts/build_plots_page.py
 dvc plots diff --out "$out/plots" "${experiments[@]}" >/dev/null
 echo "plots: $out/plots/index.html; MLflow runs: tags.study = '$study'"

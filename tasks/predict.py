@@ -21,6 +21,7 @@ from evisrag_core.backend_choice import resolve_backend
 from evisrag_core.bad_records import BadRecords
 from evisrag_core.config import Params, PredictParams
 from evisrag_core.data.schema import TEST_FILE, list_benchmarks, load_test_split
+from evisrag_core.errors import UserError
 from evisrag_core.io import atomic_dir, atomic_path, read_jsonl
 from evisrag_core.modeling import load_model_and_processor, require_local_model_dir
 from tasks import TASK_DEFAULTS, tracking
@@ -76,12 +77,16 @@ def predict_benchmark(
     return counts | {"skipped_records": bad.count}
 
 
+class OutputInTheWayError(UserError, FileExistsError):
+    """The output folder holds files predict would delete; the user chooses another."""
+
+
 def check_replaceable(out_dir: Path) -> Path:
     """The predictions folder is replaced as a whole; refuse one that holds anything but prediction files."""
     if out_dir.is_dir():
         foreign = sorted(p.name for p in out_dir.iterdir() if not (p.is_file() and p.suffix == ".jsonl"))
         if foreign:
-            raise FileExistsError(
+            raise OutputInTheWayError(
                 f"{out_dir} is replaced as a whole by predict but holds other files ({', '.join(foreign[:5])}); "
                 "choose an empty or new folder with --out"
             )

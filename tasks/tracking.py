@@ -18,6 +18,7 @@ from typing import Any
 import mlflow
 
 from evisrag_core.config import Params
+from evisrag_core.errors import UserError
 
 PARENT_RUN_ENV = "EVISRAG_MLFLOW_PARENT_RUN_ID"
 STAGE_TAG = "evisrag.stage"
@@ -44,9 +45,59 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+# --- how the MLflow UI opens the experiment ------------------------------------------------------------------------
+# Measured in headless Chromium against `mlflow server` 3.17.2 (tests/e2e/test_ui_browser.py keeps it true):
+# - The experiment page shows whatever the "GenAI | Model training" switch (top left) says: the URL's
+#   `?workflowType=machine_learning`, else the browser's stored choice, else GenAI. A fresh browser on
+#   `#/experiments/<id>` lands on the GenAI overview, with or without the `mlflow.experimentKind` tag (3.17 derives
+#   the kind from the switch); with `?workflowType=machine_learning` it lands on the runs table.
+# - The runs table shows no metric or param column until one is chosen, except through a shared view: an experiment
+#   tag `mlflow.sharedViewState.<key>` holding the view's JSON, applied by `?viewStateShareKey=<key>`.
+# So the experiment carries both tags and a description naming the link; RUNS_TABLE_QUERY is the query to open.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # what the UI's own kind selector writes; hosts that read it see this
+EXPERIMENT_KIND = "custom_model_development"
+RUNS_VIEW_KEY = "evisrag"
+RUNS_TABLE_QUERY = f"?workflowType=machine_learning&viewStateShareKey={RUNS_VIEW_KEY}"
+# Headline columns: the pipeline run's overall metrics (from metrics.json; the evaluate run logs the same keys) and
+# the params the ablations change.
+HEADLINE_METRICS = ("overall.global_em", "overall.global_f1", "overall.evidence_f1")
+HEADLINE_PARAMS = ("predict.model_dir", "rsgrpo.mode")
+NOTE_TAG = "mlflow.note.content"
+
+
+def runs_table_path(experiment_id: str) -> str:
+    """The UI route (after the server's `/#`) that opens the experiment on its runs with the headline columns."""
+    return f"/experiments/{experiment_id}/runs{RUNS_TABLE_QUERY}"
+
+
+def experiment_tags(experiment_id: str) -> dict[str, str]:
+    """The experiment tags that make the MLflow UI open on the training runs with the headline columns."""
+    columns = [f"metrics.`{m}`" for m in HEADLINE_METRICS] + [f"params.`{p}`" for p in HEADLINE_PARAMS]
+    return {
+        EXPERIMENT_KIND_TAG: EXPERIMENT_KIND,
+        f"mlflow.sharedViewState.{RUNS_VIEW_KEY}": json.dumps({"selectedColumns": columns}),
+    }
+
+
+def _note(experiment_id: str) -> str:
+    return (
+        "EVisRAG pipeline runs: one `pipeline` run per `evisrag pipeline`, with a nested run per stage. "
+        f"The runs table with the headline metrics: `<this server>/#{runs_table_path(experiment_id)}` "
+        "(or switch to *Model training*, top left)."
+    )
+
+
 def configure(params: Params) -> None:
+    """Point MLflow at the project's store and experiment, tagged for the UI (tags set only when they differ)."""
     mlflow.set_tracking_uri(params.tracking.mlflow_tracking_uri)
-    mlflow.set_experiment(params.tracking.experiment_name)
+    experiment = mlflow.set_experiment(params.tracking.experiment_name)
+    wanted = experiment_tags(experiment.experiment_id)
+    if NOTE_TAG not in experiment.tags:  # a description a user wrote is theirs
+        wanted[NOTE_TAG] = _note(experiment.experiment_id)
+    client = mlflow.MlflowClient()
+    for key, value in wanted.items():
+        if experiment.tags.get(key) != value:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
 
 
 @contextmanager
@@ -58,7 +109,24 @@ def stage_run(stage: str, params: Params, sections: list[str]) -> Iterator[mlflo
     with mlflow.start_run(run_name=stage, parent_run_id=parent, tags=tags) as run:
         dumped = params.model_dump(mode="json")
         mlflow.log_params(flatten({s: dumped[s] for s in sections} | {"seed": dumped["seed"]}))
-        yield run
+        with refused_on_user_error():
+            yield run
+
+
+USER_ERROR_TAG = "evisrag.user_error"
+
+
+@contextmanager
+def refused_on_user_error() -> Iterator[None]:
+    """End the active run KILLED, not FAILED, when a user error (a bad record, a missing input) stops it, with the
+    message as the `evisrag.user_error` tag: FAILED is kept for bugs and outages, as in Prefect (flows/__init__.py).
+    Ending the run here leaves `mlflow.start_run`'s own exit nothing to mark."""
+    try:
+        yield
+    except UserError as err:
+        mlflow.set_tag(USER_ERROR_TAG, str(err)[:5000])  # MLflow caps tag values; the message leads
+        mlflow.end_run(status="KILLED")
+        raise
 
 
 def log_json_artifact(obj: Any, name: str) -> None:

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from evisrag_core.config import PATCH_PIXELS
+from evisrag_core.errors import InputNotFoundError, UserError
 
 GIB = 2**30
 BF16 = 2  # bytes per bf16 element
@@ -103,9 +104,17 @@ class Architecture:
 
 def load_arch_config(path: str | Path = DEFAULT_ARCH_CONFIG) -> Any:
     """A Qwen2_5_VLConfig from a JSON file (hub `config.json` or our nested form; `_comment` keys are ignored)."""
-    from transformers import Qwen2_5_VLConfig
+    path = Path(path)
+    if not path.is_file():
+        raise InputNotFoundError(f"--arch-config {path} not found; give a model's config.json")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"--arch-config {path} is not a JSON config ({err}); give a model's config.json") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"--arch-config {path}: expected a JSON object (a model's config.json)")
+    from transformers import Qwen2_5_VLConfig  # seconds to import: after the file checks
 
-    raw = json.loads(Path(path).read_text(encoding="utf-8"))
     return Qwen2_5_VLConfig(**{k: v for k, v in raw.items() if not k.startswith("_")})
 
 

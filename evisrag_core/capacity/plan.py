@@ -14,6 +14,7 @@ from typing import Any
 
 from evisrag_core.capacity import model as cap
 from evisrag_core.config import MERGED_PATCH_PIXELS, PAPER_RSGRPO, PAPER_SFT, RSGRPOParams, SFTParams
+from evisrag_core.errors import UserError
 
 PAPER_GPUS = 8  # spec §5 and §6: both stages ran on 8 GPUs (the spec does not name the GPU type)
 TEXT_TOKENS = 1024  # prompt text + chat scaffolding + evidence response budget beside the image tokens (SFT)
@@ -142,9 +143,9 @@ def _rl_rows(arch: cap.Architecture, gpu: cap.GPU, req: PlanRequest, rl: RSGRPOP
 
 def build_plan(req: PlanRequest, sft: SFTParams, rsgrpo: RSGRPOParams) -> dict[str, Any]:
     if req.gpu_type not in cap.GPUS:
-        raise ValueError(f"unknown GPU type {req.gpu_type!r}; known: {', '.join(cap.GPUS)}")
+        raise UserError(f"unknown GPU type {req.gpu_type!r}; known: {', '.join(cap.GPUS)}")
     if req.gpus < 1 or req.gpus % req.tensor_parallel:
-        raise ValueError(f"--gpus {req.gpus} must be a positive multiple of --tp {req.tensor_parallel}")
+        raise UserError(f"--gpus {req.gpus} must be a positive multiple of --tp {req.tensor_parallel}")
     gpu = cap.GPUS[req.gpu_type]
     arch = cap.architecture(cap.meta_model(cap.load_arch_config(req.arch_config)))
     plan = {

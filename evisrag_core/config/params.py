@@ -20,6 +20,7 @@ from evisrag_core.config.sections import (
     TrackingParams,
 )
 from evisrag_core.config.training import RSGRPOParams, SFTParams
+from evisrag_core.errors import UserError
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -37,11 +38,11 @@ class Params(Section):
     serve: ServeParams = ServeParams()
 
 
-class ParamsError(ValueError):
+class ParamsError(UserError, ValueError):
     """The params file is invalid; the message names the key, what is wrong, and the valid keys."""
 
 
-class PlanError(ValueError):
+class PlanError(UserError, ValueError):
     """A valid configuration would fail or silently do something else at run time (a stage's preflight found it);
     the message lists every problem."""
 
@@ -90,7 +91,7 @@ def read_params_file(path: str | Path) -> dict[str, Any]:
         with path.open(encoding="utf-8") as handle:
             raw = yaml.safe_load(handle)
     except yaml.YAMLError as err:
-        raise ParamsError(f"{path} is not valid YAML: {err}") from None
+        raise ParamsError(f"{path} is not valid YAML: {_yaml_problem(err)}; fix that line") from None
     if raw is None or raw == {}:
         raise ParamsError(
             f"{path} is empty; copy the repository's params.yaml (it lists every key with its default) and edit it"
@@ -101,6 +102,21 @@ def read_params_file(path: str | Path) -> dict[str, Any]:
             f"got a {type(raw).__name__}"
         )
     return raw
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's multi-line report as one clause: where (line, column; 1-based), what, and what it was inside."""
+
+    def at(mark: yaml.Mark | None) -> str:
+        return f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+
+    problem_mark, context_mark = getattr(err, "problem_mark", None), getattr(err, "context_mark", None)
+    text = f"{at(problem_mark)}: " if problem_mark else ""
+    text += " ".join(str(getattr(err, "problem", None) or err).split())
+    context = getattr(err, "context", None)
+    if context and context_mark:
+        text += f" ({context} at {at(context_mark)})"
+    return text
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:

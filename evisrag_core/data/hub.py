@@ -17,6 +17,7 @@ from evisrag_core.data.convert_train import convert_train_set
 from evisrag_core.data.schema import MANIFEST_FILE, RL_VAL_FILE, TEST_FILE
 from evisrag_core.data.snapshot import HUB_TEST_SETS, HUB_TRAIN_REPO, hub_test_repo, snapshot
 from evisrag_core.data.verify import verify_split
+from evisrag_core.errors import InputNotFoundError
 from evisrag_core.io import atomic_dir, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -94,12 +95,12 @@ def import_local(
     if benchmarks is None:
         benchmarks = [n for n in HUB_TEST_SETS if (local_dir / LOCAL_TEST_DIR.format(name=n)).is_dir()]
         if not benchmarks:
-            raise FileNotFoundError(f"{local_dir}: no EVisRAG-Test-<Name> folder; expected one of {HUB_TEST_SETS}")
+            raise InputNotFoundError(f"{local_dir}: no EVisRAG-Test-<Name> folder; expected one of {HUB_TEST_SETS}")
     _check_benchmarks(benchmarks)
     tests = {name: local_dir / LOCAL_TEST_DIR.format(name=name) for name in benchmarks}
     train = local_dir / LOCAL_TRAIN_DIR if include_train else None
     for folder in [*tests.values(), *([train] if train else [])]:
         if not folder.is_dir():
-            raise FileNotFoundError(f"{folder} not found; copy the hub snapshot there (see evisrag_core.data.convert)")
+            raise InputNotFoundError(f"{folder} not found; copy the hub snapshot there (see evisrag_core.data.convert)")
     info = {"source": "local", "local_dir": str(local_dir.resolve())}
     return _build(Path(out_dir), tests, train, info)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from evisrag_core.bad_records import BadRecords, read_records
+from evisrag_core.errors import InputNotFoundError
 from evisrag_core.images import check_image
 from evisrag_core.io import BadRecordError
 from evisrag_core.parsing import extract_block
@@ -84,6 +85,12 @@ def parse_test_record(row: dict[str, Any], where: str) -> TestRecord:
     is_sufficient = _require(row, "is_sufficient", (bool,), where)
     if not images or not all(isinstance(p, str) and p for p in images):
         raise BadRecordError(f"{where}: field 'image' must be a non-empty list of paths")
+    urls = [p for p in images if "://" in p]
+    if urls:
+        raise BadRecordError(
+            f"{where}: field 'image' holds URLs ({', '.join(urls[:3])}); images are read from the dataset folder "
+            "only: download them into the split's images/ folder and list their relative paths"
+        )
     if not all(isinstance(a, str) for a in answers):
         raise BadRecordError(f"{where}: field 'answer' must be a list of strings")
     if is_sufficient and not answers:
@@ -106,7 +113,7 @@ def load_test_split(split_dir: str | Path, bad: BadRecords | None = None) -> lis
     """
     path = Path(split_dir) / TEST_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; run `evisrag download` first (or point --data at a test set)")
+        raise InputNotFoundError(f"{path} not found; run `evisrag download` first (or point --data at a test set)")
     seen: set[str] = set()
 
     def parse_unique(row: dict[str, Any], where: str) -> TestRecord:
@@ -123,7 +130,7 @@ def list_benchmarks(data_dir: str | Path) -> list[str]:
     """Names of the test splits under `<data_dir>/test`, sorted."""
     test_root = Path(data_dir) / "test"
     if not test_root.is_dir():
-        raise FileNotFoundError(f"{test_root} not found; run `evisrag download` first")
+        raise InputNotFoundError(f"{test_root} not found; run `evisrag download` first")
     return sorted(p.name for p in test_root.iterdir() if (p / TEST_FILE).is_file())
 
 

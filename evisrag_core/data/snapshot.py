@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from evisrag_core.data import fetch
+from evisrag_core.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ HUB_TRAIN_REPO = "openbmb/EVisRAG-Train"
 HUB_TRAIN_MIRROR = "hmhm1229/EVisRAG-Train"
 
 
-class HubUnavailableError(RuntimeError):
+class HubUnavailableError(UserError, RuntimeError):
     """The hub could not serve a repository; the message says how to run without it."""
 
 

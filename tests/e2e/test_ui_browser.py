@@ -2,9 +2,13 @@
 
 One served deployment run drives everything a user would do: `prefect server start`, `mlflow server`, `evisrag
 serve`, `prefect deployment run 'evisrag-pipeline/evisrag' --watch`. Chromium then renders the Prefect UI's runs
-page, the MLflow runs table and the evaluate stage run's MLflow page; the tests assert that the run names (and the
-stage run's link to its parent) are in the rendered DOM and keep screenshots in artifacts/screenshots/ (git-ignored;
-CI keeps them as artifacts).
+page, the MLflow runs table (as the documented link opens it in a fresh browser: training runs, headline metric
+columns) and the evaluate stage run's MLflow page; the tests assert that the run names (and the stage run's link to
+its parent) are in the rendered DOM and keep screenshots in artifacts/screenshots/ (git-ignored; CI keeps them as
+artifacts).
+
+Without the servers: `dvc plots show`'s page rendered with the network blocked (the charts drawn from the inlined
+Vega), and the run report's metrics table measured at 1,400 px.
 
 Slow (three to five minutes on 2 cores). Needs Debian's `chromium` (`.ci/run` installs it); without it the tests skip,
 except under CI (CI=true), where a missing browser is a failure.
@@ -12,12 +16,15 @@ except under CI (CI=true), where a missing browser is a failure.
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -28,6 +35,11 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import MakeRepo, clean_env, small_params
+
+from evisrag_core.grounding import GROUNDING_KEYS
+from evisrag_core.metrics import METRIC_KEYS
+from evisrag_core.report import ReportInputs, build_report
+from tasks.tracking import HEADLINE_METRICS, RUNS_VIEW_KEY, runs_table_path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = REPO_ROOT / "artifacts" / "screenshots"
@@ -265,3 +277,135 @@ def test_mlflow_ui_lists_the_pipeline_run_and_its_stage_runs(stack: Stack) -> No
     dom = _browse(evaluate_url, "mlflow_evaluate_run", [header, ">Parent run<", f"{parent_link}pipeline<"])
     assert header in dom, "the evaluate run's page has no evaluate header"
     assert ">Parent run<" in dom and f"{parent_link}pipeline<" in dom, "the evaluate run does not link its parent"
+
+
+def test_mlflow_link_opens_a_fresh_browser_on_the_runs_with_the_headline_metrics(stack: Stack) -> None:
+    """The link docs/operations.md gives (and the experiment's description names): a new browser profile lands on
+    the runs table, not the GenAI overview, with the headline metric columns and the pipeline run's values."""
+    experiment = _get_json(f"{stack.mlflow_url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=evisrag")
+    experiment_id = experiment["experiment"]["experiment_id"]
+    tags = {t["key"]: t["value"] for t in experiment["experiment"]["tags"]}
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    assert runs_table_path(experiment_id) in tags["mlflow.note.content"]
+    assert f"mlflow.sharedViewState.{RUNS_VIEW_KEY}" in tags
+    pipeline = _post_json(
+        f"{stack.mlflow_url}/api/2.0/mlflow/runs/search",
+        {"experiment_ids": [experiment_id], "filter": "attributes.run_name = 'pipeline'"},
+    )["runs"][0]
+    metrics = {m["key"]: m["value"] for m in pipeline["data"]["metrics"]}
+
+    url = f"{stack.mlflow_url}/#{runs_table_path(experiment_id)}"
+    dom = _browse(url, "mlflow_runs_headline", ["matching runs", *HEADLINE_METRICS])
+    assert "matching runs" in dom, "the link did not open the runs table"
+    for key in HEADLINE_METRICS:
+        assert f">{key}<" in dom, f"no {key} column in the runs table"
+        # the grid's cell of that column in the (collapsed) pipeline row, the only top-level row
+        cell = re.search(rf'id="cell-metrics\.`{re.escape(key)}`-[^"]+" class="ag-cell-value">([^<]*)<', dom)
+        assert cell, f"no {key} cell in the runs table"
+        assert cell.group(1) == _ui_number(metrics[key]), f"{key}: shown {cell.group(1)}, logged {metrics[key]}"
+
+
+def _ui_number(value: float) -> str:
+    """How MLflow's runs table prints a metric: at most three decimals, trailing zeros dropped."""
+    return f"{value:.3f}".rstrip("0").rstrip(".") or "0"
+
+
+# --- without the servers ----------------------------------------------------------------------------------------
+
+
+def _plot_logs(root: Path) -> None:
+    """The plot logs a run writes (plots/*.json), with a few steps of every column dvc.yaml plots."""
+    components = ["accuracy", "evidence", "format", "overlong", "is_observe", "is_think", "overall"]
+    steps = range(1, 6)
+    logs = {
+        "sft_loss.json": [{"step": s, "loss": 2.0 / s} for s in steps],
+        "rsgrpo.json": [
+            {"step": s, **{f"reward/{c}": 0.1 * i + 0.02 * s for i, c in enumerate(components)}} for s in steps
+        ],
+        "rsgrpo_val.json": [{"step": s, "val/overall": 4.0 + 0.1 * s} for s in steps],
+        "rsgrpo_val_sampled.json": [{"step": s, "val_sampled/overall": 3.5 + 0.2 * s} for s in steps],
+    }
+    (root / "plots").mkdir(exist_ok=True)
+    for name, rows in logs.items():
+        (root / "plots" / name).write_text(json.dumps(rows))
+
+
+def _render_offline(page: Path, name: str) -> str:
+    """The DOM of a local page in Chromium with every network request sent to a closed port (no proxy listens on
+    127.0.0.1:9), so anything loaded from a CDN fails."""
+    offline = ["--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>", "--virtual-time-budget=15000"]
+    dom = _chromium_run([*offline, "--dump-dom", page.as_uri()], name).stdout
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    (SCREENSHOTS / f"{name}.html").write_text(dom)
+    return dom
+
+
+def test_dvc_plots_render_with_the_network_off(tmp_path: Path, make_repo: MakeRepo) -> None:
+    _chromium()
+    root, env = tmp_path / "project", clean_env()
+    make_repo(root, checkout=True)
+    _plot_logs(root)
+    build = subprocess.run(
+        [sys.executable, "scripts/build_plots_page.py"], cwd=root, env=env, capture_output=True, text=True
+    )
+    assert build.returncode == 0, build.stderr
+
+    def show(out: str, *extra: str) -> Path:
+        result = _run(["dvc", "plots", "show", "-o", out, *extra], root, env)
+        assert "index.html" in result, result
+        return root / out / "index.html"
+
+    charts = len(json.loads(_run(["dvc", "plots", "show", "--json"], root, env))["data"])
+    assert charts == 6, charts  # sft loss, three RS-GRPO stage plots, components, held-out
+
+    dom = _render_offline(show("dvc_plots"), "dvc_plots_offline")
+    assert dom.count('role="graphics-document"') == charts, "not every chart was drawn offline"
+    for title in ("RS-GRPO reward per component (rollouts)", "reward (mean per response)", "SFT step"):
+        assert f">{title}<" in dom, f"{title!r} is not in the rendered charts"
+    assert ">y<" not in dom  # no axis left with DVC's default title
+
+    # the same plots on DVC's own page (its CDN scripts) draw nothing here: the network really is off
+    default_page = tmp_path / "dvc_default.html"
+    default_page.write_text(DVC_PAGE)
+    blank = _render_offline(show("dvc_plots_cdn", "--html-template", str(default_page)), "dvc_plots_cdn_offline")
+    assert "graphics-document" not in blank and "cdn.jsdelivr.net" in blank
+
+
+def test_dvc_reward_components_have_one_colour_each(tmp_path: Path, make_repo: MakeRepo) -> None:
+    root, env = tmp_path / "project", clean_env()
+    make_repo(root, checkout=True)
+    _plot_logs(root)
+    spec = json.loads(_run(["dvc", "plots", "show", "--show-vega", "rsgrpo-reward-components"], root, env))
+    assert spec["encoding"]["color"]["field"] == "field"  # one colour per component, not per revision
+    assert {row["field"] for row in spec["data"]["values"]} == {
+        f"reward/{c}" for c in ("accuracy", "evidence", "format", "overlong", "is_observe", "is_think")
+    }
+    assert spec["encoding"]["y"]["title"] == "reward (mean per response)"
+
+
+# dvc_render's own page (dvc_render/html.py), whose {scripts} DVC fills with its CDN <script> tags
+DVC_PAGE = """<!DOCTYPE html><html><head>{refresh_tag}<title>DVC Plot</title>{scripts}</head>
+<body>{plot_divs}</body></html>"""
+
+
+def test_report_metrics_table_fits_1400_px(tmp_path: Path) -> None:
+    """Every metric column of seven benchmarks, as a hub run writes them, in a 1,400 px wide window: the table ends
+    inside it and the page has no horizontal scroll."""
+    _chromium()
+    row = {k: 8 if k.startswith("cnt_") else 0.9876 for k in (*METRIC_KEYS, *GROUNDING_KEYS)}
+    benches = ["ChartQA", "DocVQA", "InfoVQA", "MMQA", "SlideVQA", "ViDoSeek", "WebQA", "overall"]
+    (tmp_path / "metrics.json").write_text(json.dumps({b: row for b in benches}))
+    absent = tmp_path / "absent"
+    inputs = ReportInputs(tmp_path / "metrics.json", absent / "pq.jsonl", absent, absent / "s.json", absent / "r.json")
+    index = build_report(inputs, tmp_path / "report")
+    measure = (
+        "<script>const t = document.querySelector('table').getBoundingClientRect();"
+        "document.body.dataset.measured = JSON.stringify({right: t.right, window: window.innerWidth, "
+        "page: document.documentElement.scrollWidth});</script>"
+    )
+    index.write_text(index.read_text().replace("</body>", measure + "</body>"))
+    window = ["--window-size=1400,900", "--virtual-time-budget=5000"]  # the later --window-size wins
+    dom = _chromium_run([*window, "--dump-dom", index.as_uri()], "report").stdout
+    measured = json.loads(html.unescape(dom.split('data-measured="', 1)[1].split('"', 1)[0]))
+    assert measured["window"] == 1400, measured
+    assert measured["right"] <= 1400 and measured["page"] <= 1400, measured

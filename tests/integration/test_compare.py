@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import pandas as pd
 import pytest
 import yaml
 from PIL import Image
 
 from evisrag_core.config import Params, load_params
 from flows.cli import main
-from flows.compare import CompareError, compare, filter_string, parse_since, parse_tag
+from flows.compare import CompareError, compare, comparison_figure, filter_string, parse_since, parse_tag
 from tasks import tracking
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -174,3 +175,16 @@ def test_filter_string_and_argument_parsing() -> None:
     )
     with pytest.raises(CompareError, match="quotes"):
         parse_tag("k=it's")
+
+
+@pytest.mark.parametrize("runs", [2, 4], ids=["side-by-side-labels", "upright-labels"])
+def test_the_chart_writes_each_value_on_its_bar(runs: int) -> None:
+    """0.990 and 1.000 look alike as bars; the labels tell them apart (a missing benchmark reads n/a)."""
+    values = [0.99, 1.0, 0.5, 0.25][:runs]
+    table = pd.DataFrame(
+        {"ColorSquare.global_em": values, "overall.global_em": [*values[:-1], float("nan")], "overall.cnt_global": 16}
+    )
+    figure = comparison_figure(table, ["global_em", "cnt_global"])
+    em, counts = ([t.get_text() for t in axes.texts] for axes in figure.axes[:2])
+    assert sorted(em) == sorted([f"{v:.3f}" for v in values] + [f"{v:.3f}" for v in values[:-1]] + ["n/a"])
+    assert counts == ["16"] * runs

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -11,7 +10,6 @@ from evisrag_core.answer_view import (
     ImageEvidence,
     answer_fields,
     format_warning,
-    image_problem,
     read_response,
     render_answer,
 )
@@ -155,14 +153,3 @@ def test_the_json_fields() -> None:
         "problems": ["evidence for [3], but 2 image(s) were given"],
         "raw": GOOD,
     }
-
-
-def test_image_problems(tmp_path: Path) -> None:
-    pages = []
-    for i in range(3):
-        (tmp_path / f"{i}.png").write_bytes(b"")
-        pages.append(str(tmp_path / f"{i}.png"))
-    assert image_problem(pages, 5) is None
-    assert image_problem([*pages, str(tmp_path / "absent.png")], 5) == f"image(s) not found: {tmp_path}/absent.png"
-    assert image_problem([str(tmp_path)], 5) == f"image(s) not found: {tmp_path}"  # a folder is no image
-    assert image_problem(pages, 2) == "3 images given; the model takes at most 2"
