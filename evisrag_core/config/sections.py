@@ -87,6 +87,9 @@ class ModelParams(Section):
 class PredictParams(Section):
     model_dir: str = "models/rsgrpo"  # models/sft or models/base for the ablations
     backend: Literal["transformers", "vllm"] = "transformers"
+    # backend vllm: None starts an engine under .venv-vllm; a URL (http://127.0.0.1:8000/v1) uses a running
+    # `vllm serve` (docs/vllm.md)
+    vllm_base_url: str | None = None
     prompt_template: PromptTemplate = "model_card"
     top_k: int = Field(3, ge=1, le=5)
     max_images_per_prompt: int = Field(5, ge=1)

@@ -41,7 +41,7 @@ Map of the package (an audit reads the first five, in this order):
     spans.py          step 4: component_span_masks, the token span of each component
     objective.py      steps 3, 5, 6: filter_groups, group_advantages, span_share, policy_loss, kl_penalty
     prompt_stream.py  which prompts come next (epochs reshuffled by seed), the train/validation split
-    rollout.py        step 1: prompt encoding and sampling (TransformersRollout, VllmRollout)
+    rollout.py        step 1: prompt encoding and sampling (TransformersRollout; vllm_rollout.py: VllmRollout)
     fast_decode.py    the shared-prefix sampler behind TransformersRollout (one prefill per prompt)
     distributed.py    DeepSpeedUpdate: the same step over torchrun ranks (the only rank logic)
     checkpoint.py     resumable checkpoints (weights, optimizer, RNG, prompt cursor), bit for bit on CPU

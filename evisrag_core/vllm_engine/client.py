@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import subprocess
 import tempfile
@@ -28,9 +30,14 @@ class EngineError(RuntimeError):
     """The engine process failed a request (its traceback is in the message)."""
 
 
-def vllm_python() -> Path:
+def vllm_python_path() -> Path:
     """The interpreter of vLLM's venv: $EVISRAG_VLLM_PYTHON, else .venv-vllm/bin/python in this checkout."""
-    path = Path(os.environ.get(protocol.PYTHON_ENV) or DEFAULT_PYTHON)
+    return Path(os.environ.get(protocol.PYTHON_ENV) or DEFAULT_PYTHON)
+
+
+def vllm_python() -> Path:
+    """`vllm_python_path()`, which must exist."""
+    path = vllm_python_path()
     if not path.exists():
         raise VllmUnavailable(
             f"vLLM's environment is not built ({path} not found): run `make vllm-env` (or set {protocol.PYTHON_ENV} "
@@ -75,6 +82,7 @@ class EngineProcess:
         except BaseException:
             self.close()
             raise
+        atexit.register(self.close)  # an engine left open ends with the pipeline, not after it
         self.versions: dict[str, str] = reply["versions"]
         self.start_seconds = time.perf_counter() - started  # process start + import + engine build
 
@@ -121,11 +129,10 @@ class EngineProcess:
         return time.perf_counter() - started
 
     def close(self) -> None:
+        atexit.unregister(self.close)
         if self.process.poll() is None:
-            try:
+            with contextlib.suppress(EngineError, OSError):
                 self._call({"op": "close"}, timeout=30)
-            except (EngineError, OSError):
-                pass
             try:
                 self.process.wait(timeout=60)
             except subprocess.TimeoutExpired:
@@ -139,4 +146,3 @@ class EngineProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-

@@ -32,4 +32,3 @@ def unpack_image(packed: dict[str, Any]) -> Any:
     from PIL import Image
 
     return Image.frombytes(packed["mode"], tuple(packed["size"]), packed["data"])
-

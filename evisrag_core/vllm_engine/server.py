@@ -19,7 +19,7 @@ from typing import Any
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache on CPU (the default, 4 GiB, is too much here)
 
-from evisrag_core.vllm_engine import protocol  # noqa: E402  (stdlib only)
+from evisrag_core.vllm_engine import protocol
 
 
 class Engine:
@@ -53,7 +53,8 @@ class Engine:
             # position i holds {token id: Logprob} for prompt token i (None at 0); keep the prompt token's own value
             ids = output.prompt_token_ids
             prompt_logprobs = [
-                None if entry is None else float(entry[ids[i]].logprob) for i, entry in enumerate(output.prompt_logprobs)
+                None if entry is None else float(entry[ids[i]].logprob)
+                for i, entry in enumerate(output.prompt_logprobs)
             ]
         return {"samples": samples, "prompt_logprobs": prompt_logprobs}
 
@@ -90,7 +91,11 @@ def serve(requests: Connection, replies: Connection) -> None:
                 import vllm
 
                 result: dict[str, Any] = {
-                    "versions": {"vllm": vllm.__version__, "torch": torch.__version__, "transformers": transformers.__version__}
+                    "versions": {
+                        "vllm": vllm.__version__,
+                        "torch": torch.__version__,
+                        "transformers": transformers.__version__,
+                    }
                 }
             elif engine is None:
                 raise RuntimeError(f"{op!r} before 'start'")
@@ -102,7 +107,7 @@ def serve(requests: Connection, replies: Connection) -> None:
             else:
                 raise ValueError(f"unknown op {op!r}")
             replies.send({"ok": True, "seconds": time.perf_counter() - started, **result})
-        except Exception:  # noqa: BLE001  (the client re-raises it with this traceback)
+        except Exception:
             replies.send({"ok": False, "error": traceback.format_exc()})
 
 
@@ -115,7 +120,7 @@ def main() -> None:
     replies = Connection(reply_fd, readable=False)
     try:
         import vllm  # noqa: F401  (fail here, with a clear reply, when the venv is broken)
-    except Exception:  # noqa: BLE001
+    except Exception:
         replies.send({"ok": False, "error": traceback.format_exc()})
         return
     replies.send({"ok": True, "ready": protocol.READY})

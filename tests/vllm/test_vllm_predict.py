@@ -1,0 +1,35 @@
+"""predict.backend: vllm on a real engine: greedy answers equal the transformers backend's (or ≥ 95 % of tokens)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from evisrag_core.data.schema import load_test_split
+from evisrag_core.predict import Decoding, TransformersBackend, build_requests
+from evisrag_core.vllm_engine.backend import VllmBackend
+from vllm_support import PIXELS, token_agreement, vllm_env, vllm_model_dir  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.vllm
+
+GREEDY = Decoding(temperature=0.0, top_p=1.0, repetition_penalty=1.05, max_new_tokens=48)  # predict's defaults
+
+
+def test_greedy_predictions_match_the_transformers_backend(vllm_model_dir: Path, tiny_dataset: Path) -> None:
+    from evisrag_core.modeling import load_model_and_processor
+    requests = []
+    for split in sorted((tiny_dataset / "test").iterdir()):
+        requests += build_requests(load_test_split(split), split, top_k=3, max_images=5)
+    assert len(requests) == 12
+    model, processor = load_model_and_processor(vllm_model_dir)
+    expected = TransformersBackend(model, processor, GREEDY, "model_card", PIXELS).generate(requests)
+    backend = VllmBackend(str(vllm_model_dir), processor, GREEDY, "model_card", PIXELS, max_images=5)
+    try:
+        got = backend.generate(requests)  # the whole split set in one engine call
+    finally:
+        backend.close()
+    tokenize = processor.tokenizer.encode
+    agreement, identical = token_agreement([tokenize(t) for t in expected], [tokenize(t) for t in got])
+    print(f"vLLM vs transformers greedy: {identical}/{len(requests)} identical, token agreement {agreement:.4f}")
+    assert agreement >= 0.95
