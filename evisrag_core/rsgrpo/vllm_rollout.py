@@ -57,7 +57,9 @@ class VllmRollout:
         self.sync_seconds: list[float] = []
         if engine is None:
             dtype = "bfloat16" if model.dtype == torch.bfloat16 else "float32"
-            args = vllm_engine_args(model_dir, max_model_len, dtype)
+            # vLLM refuses a length above the model's positions (rsgrpo's default prompt budget exceeds the tiny's)
+            positions = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+            args = vllm_engine_args(model_dir, min(max_model_len, positions or max_model_len), dtype)
             if torch.cuda.is_available():
                 # colocated with the policy and its optimizer on one GPU: the engine takes a share, not 90 %
                 args["gpu_memory_utilization"] = 0.3

@@ -31,14 +31,21 @@ if TYPE_CHECKING:  # predict imports this module lazily; a runtime import back w
     from evisrag_core.predict import Decoding, Request
 
 
-def predict_engine_args(model_dir: str, max_images: int, max_model_len: int | None = None) -> dict[str, Any]:
-    """`vllm.LLM` arguments of the prediction engine."""
+def predict_engine_args(
+    model_dir: str, max_images: int, dtype: str | None = None, max_model_len: int | None = None
+) -> dict[str, Any]:
+    """`vllm.LLM` arguments of the prediction engine; dtype None: bf16 on a GPU, fp32 on CPU."""
+    import torch
+
     args: dict[str, Any] = {
         "model": model_dir,
-        "dtype": device_dtype(),
+        "dtype": dtype or device_dtype(),
         "limit_mm_per_prompt": {"image": max_images, "video": 0},
         "seed": 0,
     }
+    if torch.cuda.is_available():
+        # leave room for a CUDA context in the calling process (vLLM refuses to start when less is free)
+        args["gpu_memory_utilization"] = 0.7
     if max_model_len is not None:
         args["max_model_len"] = max_model_len
     return args

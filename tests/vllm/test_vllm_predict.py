@@ -9,7 +9,8 @@ from conftest import TINY_PIXELS
 
 from evisrag_core.data.schema import load_test_split
 from evisrag_core.predict import Decoding, TransformersBackend, build_requests
-from evisrag_core.vllm_engine.backend import VllmBackend
+from evisrag_core.vllm_engine.backend import VllmBackend, predict_engine_args
+from evisrag_core.vllm_engine.client import EngineProcess
 
 pytestmark = [pytest.mark.vllm, pytest.mark.usefixtures("vllm_env")]
 
@@ -25,7 +26,9 @@ def test_greedy_predictions_match_the_transformers_backend(vllm_sft_model_dir: P
     assert len(requests) == 12
     model, processor = load_model_and_processor(vllm_sft_model_dir)
     expected = TransformersBackend(model, processor, GREEDY, "model_card", TINY_PIXELS).generate(requests)
-    backend = VllmBackend(str(vllm_sft_model_dir), processor, GREEDY, "model_card", TINY_PIXELS, max_images=5)
+    # fp32 on both sides, on a GPU too (vLLM's default there is bf16)
+    engine = EngineProcess(predict_engine_args(str(vllm_sft_model_dir), max_images=5, dtype="float32"))
+    backend = VllmBackend(str(vllm_sft_model_dir), processor, GREEDY, "model_card", TINY_PIXELS, engine=engine)
     try:
         got = backend.generate(requests)  # the whole split set in one engine call
     finally:
