@@ -107,7 +107,7 @@ def serve(requests: Connection, replies: Connection) -> None:
             else:
                 raise ValueError(f"unknown op {op!r}")
             replies.send({"ok": True, "seconds": time.perf_counter() - started, **result})
-        except Exception:
+        except Exception:  # any failure goes back to the client, which raises it with this traceback
             replies.send({"ok": False, "error": traceback.format_exc()})
 
 
@@ -120,7 +120,7 @@ def main() -> None:
     replies = Connection(reply_fd, readable=False)
     try:
         import vllm  # noqa: F401  (fail here, with a clear reply, when the venv is broken)
-    except Exception:
+    except Exception:  # a broken venv: the client turns this into "run `make vllm-env`"
         replies.send({"ok": False, "error": traceback.format_exc()})
         return
     replies.send({"ok": True, "ready": protocol.READY})
