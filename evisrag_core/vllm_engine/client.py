@@ -58,6 +58,9 @@ class EngineProcess:
 
     def __init__(self, engine_args: dict[str, Any], python: Path | None = None, start_timeout: float = 900.0):
         python = python or vllm_python()
+        model = Path(str(engine_args.get("model", "")))
+        if model.exists():  # a local folder: vLLM would take a relative path it cannot find for a hub id
+            engine_args = {**engine_args, "model": str(model.resolve())}
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         started = time.perf_counter()
@@ -66,8 +69,7 @@ class EngineProcess:
             [str(python), "-m", "evisrag_core.vllm_engine.server"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            env=env,
-            cwd=str(REPO_ROOT),
+            env=env,  # the caller's working directory: relative paths in requests mean what they mean to it
         )
         assert self.process.stdin is not None and self.process.stdout is not None
         self._requests = Connection(os.dup(self.process.stdin.fileno()), readable=False)
