@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -137,7 +138,9 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"# vLLM vs transformers ({result['date']})",
         "",
-        f"`{result['command']}` — {result['machine']}",
+        f"`{result['command']}` on {result['machine']['cores']} cores ({result['machine']['cpu']}); 1-minute load "
+        f"average {result['load_average'][0]:.1f} at the start, {result['load_average'][1]:.1f} at the end (above 2: "
+        "other jobs shared the cores, so absolute figures are noisy; the sides ran one after another).",
         "",
         f"Predict: {p['questions']} questions × 3 images, greedy, up to {p['max_new_tokens']} new tokens, fp32 CPU; "
         f"vLLM {p['engine_versions'].get('vllm')} engine start {p['engine_start_seconds']:.0f} s (not counted).",
@@ -170,6 +173,13 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def rewrite_markdown(json_file: Path) -> None:
+    """bench/results/vllm.md again from its JSON (after a change to the table layout)."""
+    import json
+
+    write_text_atomic(json_file.with_suffix(".md"), markdown(json.loads(json_file.read_text())))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke test: 4 questions, 16 tokens, 1 timed step")
@@ -183,6 +193,7 @@ def main() -> None:
     if args.quick:
         args.questions, args.max_new_tokens, args.rl_prompts, args.n, args.rl_steps = 4, 16, 2, 2, 1
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    load_at_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench_vllm_") as tmp:
         result = {
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -192,6 +203,7 @@ def main() -> None:
             "predict": bench_predict(Path(tmp) / "predict", args.questions, args.max_new_tokens),
             "rsgrpo": bench_rsgrpo(Path(tmp) / "rsgrpo", args.rl_prompts, args.n, args.max_new_tokens, args.rl_steps),
         }
+    result["load_average"] = [load_at_start, os.getloadavg()[0]]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out, result)
     write_text_atomic(args.out.with_suffix(".md"), markdown(result))
