@@ -99,7 +99,7 @@ import yaml
 source, target, mode = sys.argv[1:]
 params = yaml.safe_load(open(source))
 params["data"]["embedded"].update(n_sft=200, n_rl=40, n_test_per_split=20)
-params["sft"].update(max_steps=5, warmup_steps=1, per_device_train_batch_size=8, deepspeed="configs/deepspeed/zero3.json")
+params["sft"].update(max_steps=5, warmup_steps=1, logging_steps=1, per_device_train_batch_size=8, deepspeed="configs/deepspeed/zero3.json")
 params["rsgrpo"].update(
     steps=5, rollout_batch_size=4, n=4, max_new_tokens=128, rollout_backend="vllm", online_filtering=False,
     val_every=5, val_size=8, val_sampled_n=0, save_every=5, report_every=5,

