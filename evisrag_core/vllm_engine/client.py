@@ -133,6 +133,7 @@ class EngineProcess:
     def close(self) -> None:
         atexit.unregister(self.close)
         if self.process.poll() is None:
+            # an engine that already failed or hangs cannot say goodbye: it is waited for, then killed, below
             with contextlib.suppress(EngineError, OSError):
                 self._call({"op": "close"}, timeout=30)
             try:
