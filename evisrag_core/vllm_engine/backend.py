@@ -101,6 +101,7 @@ class VllmBackend:
 
     def _generate_http(self, prompts: list[tuple[list[dict[str, Any]], str, list[Any]]]) -> list[str]:
         """One chat completion per question against the OpenAI-compatible server, all in flight together."""
+        self._served_model()  # once, before the threads
         with ThreadPoolExecutor(max_workers=min(64, max(1, len(prompts)))) as pool:
             return list(pool.map(lambda p: self._chat_completion(p[0], p[2]), prompts))
 
