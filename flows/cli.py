@@ -28,7 +28,6 @@ from typing import Any, NoReturn
 import flows  # noqa: F401  (sets Prefect's project-local defaults before prefect is imported)
 from evisrag_core.config import DEFAULT_PARAMS, ParamsError, load_params
 from evisrag_core.io import BadRecordError, DiskFullError
-from evisrag_core.vllm_engine.client import VllmUnavailable
 
 # The commands that run pipeline stages: their params file is validated before anything starts.
 PIPELINE_COMMANDS = ("download", "model", "sft", "rsgrpo", "predict", "evaluate", "report", "pipeline")
@@ -321,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             # A bad params file is one message and exit 2 here, before a Prefect flow run (and its traceback log)
             load_params(args.params)
         return args.func(args)
-    except (ParamsError, BadRecordError, FileNotFoundError, DiskFullError, VllmUnavailable) as err:
+    except (ParamsError, BadRecordError, FileNotFoundError, DiskFullError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     finally:

@@ -22,8 +22,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PYTHON = REPO_ROOT / ".venv-vllm" / "bin" / "python"
 
 
-class VllmUnavailable(RuntimeError):
-    """vLLM's environment is missing or broken; the message says how to build it."""
+class VllmUnavailable(FileNotFoundError):
+    """vLLM's environment is missing or broken; the message says how to build it. A FileNotFoundError, so the CLI
+    prints it and exits 2, as for any missing input (flows/cli.py)."""
 
 
 class EngineError(RuntimeError):
