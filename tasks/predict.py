@@ -53,8 +53,19 @@ def make_backend(params: PredictParams, model_dir: Path, trust_remote_code: bool
     if resolve_backend(params.backend) == "vllm":
         from transformers import AutoProcessor
 
+        from evisrag_core.vllm_engine.backend import VllmBackend
+
         processor = AutoProcessor.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
-        return core.VllmBackend(str(model_dir), processor, decoding, params.prompt_template, pixels, params.method)
+        return VllmBackend(
+            str(model_dir),
+            processor,
+            decoding,
+            params.prompt_template,
+            pixels,
+            params.max_images_per_prompt,
+            params.vllm_base_url,
+            method=params.method,
+        )
     model, processor = load_model_and_processor(model_dir, trust_remote_code=trust_remote_code)
     return core.TransformersBackend(model, processor, decoding, params.prompt_template, pixels, params.method)
 
@@ -69,7 +80,9 @@ def predict_benchmark(
     requests = core.build_requests(records, split_dir, cfg.top_k, cfg.max_images_per_prompt, bad)
     partial = WORK_DIR / fingerprint(model_dir, split_dir / TEST_FILE, cfg) / out_file.name
     with tqdm(total=len(requests), desc=f"predict {split_dir.name}", unit="q") as bar:
-        generated = core.predict_split(requests, partial, backend, cfg.batch_size, bar.update)
+        # vLLM takes the whole split in one call and schedules it itself (continuous batching)
+        batch_size = max(1, len(requests)) if getattr(backend, "batch_all", False) else cfg.batch_size
+        generated = core.predict_split(requests, partial, backend, batch_size, bar.update)
     with atomic_path(out_file) as tmp:
         tmp.write_bytes(partial.read_bytes())
     get_run_logger().info("%s: %d generated now, %d resumed", split_dir.name, generated, len(requests) - generated)
@@ -98,11 +111,15 @@ def predict_all(params: Params, model_dir: Path, data_dir: Path, out_dir: Path) 
     of partial files goes once all are written."""
     backend = make_backend(params.predict, model_dir, params.model.trust_remote_code)
     counts = {}
-    # All benchmarks' files appear together: a kill never leaves a folder that evaluate would score in part.
-    with atomic_dir(check_replaceable(out_dir)) as staging:
-        for bench in list_benchmarks(data_dir):
-            out_file = staging / f"{bench}.jsonl"
-            counts[bench] = predict_benchmark(params, backend, model_dir, data_dir / "test" / bench, out_file)
-            tracking.log_predictions_sample(bench, read_jsonl(out_file)[: params.tracking.log_predictions_sample])
+    try:
+        # All benchmarks' files appear together: a kill never leaves a folder that evaluate would score in part.
+        with atomic_dir(check_replaceable(out_dir)) as staging:
+            for bench in list_benchmarks(data_dir):
+                out_file = staging / f"{bench}.jsonl"
+                counts[bench] = predict_benchmark(params, backend, model_dir, data_dir / "test" / bench, out_file)
+                tracking.log_predictions_sample(bench, read_jsonl(out_file)[: params.tracking.log_predictions_sample])
+    finally:
+        if hasattr(backend, "close"):  # the vLLM backend's engine process
+            backend.close()
     shutil.rmtree(WORK_DIR, ignore_errors=True)
     return counts

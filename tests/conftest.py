@@ -110,6 +110,60 @@ def weight_updates(models: tuple[Any, Any], base: Any) -> tuple[Any, Any]:
     return tuple(torch.cat([(dict(m.named_parameters())[n] - base_params[n]).flatten() for n in names]) for m in models)
 
 
+# --- vLLM (tests/vllm, marker `vllm`, `make test-vllm`) ------------------------------------------------------------
+
+
+@pytest.fixture
+def vllm_env() -> None:
+    """The tests marked `vllm` start a real engine with .venv-vllm's python (evisrag_core.vllm_engine). Without that
+    environment they skip with the command that builds it, except under CI (CI=true) or `make test-vllm`
+    (EVISRAG_REQUIRE_VLLM=1): there a missing environment fails, so none of them can skip silently."""
+    from evisrag_core.vllm_engine.client import vllm_python_path
+
+    python = vllm_python_path()
+    if python.exists():
+        return
+    message = f"vLLM's environment is missing ({python}): run `make vllm-env`"
+    if os.environ.get("CI", "").lower() == "true" or os.environ.get("EVISRAG_REQUIRE_VLLM") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def vllm_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_dataset: Path) -> Path:
+    """A tiny Qwen2.5-VL with the pipeline's default sizes (params.yaml model.tiny: head_dim 32; TINY_SIZES has
+    head_dim 16, which vLLM's CPU attention does not support), random weights, tokenizer trained on the SFT texts."""
+    from evisrag_core.config import TinyModelParams
+    from evisrag_core.modeling import build_tiny_model
+
+    rows = read_jsonl(tiny_dataset / "train" / SFT_FILE)
+    texts = [message["content"] for row in rows for message in row["messages"]]
+    out = tmp_path_factory.mktemp("vllm_tiny_model")
+    return build_tiny_model(out, TinyModelParams(), texts, seed=0, min_pixels=TINY_PIXELS[0], max_pixels=TINY_PIXELS[1])
+
+
+@pytest.fixture(scope="session")
+def vllm_sft_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_dataset: Path, vllm_model_dir: Path) -> Path:
+    """`vllm_model_dir` after a short SFT run: answers in the tagged format with varied tokens, so greedy decoding
+    has real choices to agree on (the random model repeats one token)."""
+    from evisrag_core.config import SFTParams
+    from evisrag_core.sft.train import train_sft
+
+    out = tmp_path_factory.mktemp("vllm_sft")
+    cfg = SFTParams(
+        model_dir=str(vllm_model_dir),
+        out_dir=str(out / "model"),
+        checkpoint_dir=str(out / "ckpt"),
+        learning_rate=2e-3,
+        max_steps=40,
+        per_device_train_batch_size=4,
+        warmup_steps=2,
+        save_steps=1000,
+    )
+    train_sft(cfg, tiny_dataset / "train" / SFT_FILE, 0)
+    return out / "model"
+
+
 # --- Temporary projects for pipeline tests (tests/e2e, tests/integration/test_serve.py) ---------------------------
 
 MakeRepo = Callable[..., dict[str, str]]

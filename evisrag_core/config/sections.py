@@ -99,13 +99,16 @@ class PredictParams(ProfiledSection):
     `profile: reference` applies the reference's prediction settings (configs/profiles/reference.yaml: vLLM where it
     imports, 2,048 new tokens, temperature 0, repetition penalty 1.05, qwen_vl_utils' default pixel bounds, one
     question per generate call, the repository's prompt wording) under the keys you set. `backend: auto` is vLLM when
-    `import vllm` works and transformers otherwise (evisrag_core.backend_choice, which logs the choice).
+    its venv (`make vllm-env`) is built and transformers otherwise (evisrag_core.backend_choice, which logs the choice).
     """
 
     section_name: ClassVar[str] = "predict"
     model_dir: str = "models/rsgrpo"  # models/sft or models/base for the ablations
     backend: Literal["transformers", "vllm", "auto"] = "transformers"
     method: PredictMethod = "evidence"
+    # backend vllm: None starts an engine under .venv-vllm; a URL (http://127.0.0.1:8000/v1) uses a running
+    # `vllm serve` (docs/vllm.md)
+    vllm_base_url: str | None = None
     prompt_template: PromptTemplate = "model_card"
     top_k: int = Field(3, ge=1, le=5)
     max_images_per_prompt: int = Field(5, ge=1)

@@ -48,7 +48,7 @@ Map of the package (an audit reads the first five, in this order):
     estimators.py     what rsgrpo.mode and rsgrpo.span_masks add to steps 4-5 (gdpo weights, reward-call edges)
     packing.py        step 6's micro-batches: fixed size, or the reference's token-budget packing
     prompt_stream.py  which prompts come next (epochs reshuffled by seed), the train/validation split
-    rollout.py        step 1: prompt encoding and sampling (TransformersRollout, VllmRollout)
+    rollout.py        step 1: prompt encoding and sampling (TransformersRollout; vllm_rollout.py: VllmRollout)
     fast_decode.py    the shared-prefix sampler behind TransformersRollout (one prefill per prompt)
     distributed.py    DeepSpeedUpdate: the same step over torchrun ranks (the only rank logic)
     checkpoint.py     resumable checkpoints (weights, optimizer, RNG, prompt cursor), bit for bit on CPU

@@ -9,7 +9,6 @@ no model, no DeepSpeed, no vLLM (its engine arguments are built as plain data).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import shlex
@@ -22,6 +21,7 @@ from evisrag_core.data.schema import RL_FILE
 from evisrag_core.io import count_rows
 from evisrag_core.rsgrpo.distributed import check_layout, deepspeed_config, micro_batch_size, responses_per_rank
 from evisrag_core.rsgrpo.rollout import vllm_engine_args
+from evisrag_core.vllm_engine.client import vllm_python_path
 
 __all__ = ["PlanError", "RSGRPOPlan", "launch_command", "plan_from_params", "plan_rsgrpo"]
 
@@ -194,9 +194,10 @@ def plan_rsgrpo(
         notes.append(
             f"steps = ceil({cfg.epochs} epochs × training prompts / {cfg.rollout_batch_size}): no rl.jsonl yet"
         )
-    vllm_installed = importlib.util.find_spec("vllm") is not None
+    vllm_installed = vllm_python_path().exists()
     notes.append(
-        f"rollout backend {cfg.rollout_backend}; vLLM is {'installed' if vllm_installed else 'not installed'}"
+        f"rollout backend {cfg.rollout_backend}; vLLM's environment is "
+        f"{'built' if vllm_installed else 'not built (make vllm-env)'}"
         + ("" if cfg.rollout_backend == "vllm" else " (the reference samples with vLLM: rsgrpo.rollout_backend=vllm)")
     )
     sampling = {

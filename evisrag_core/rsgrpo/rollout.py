@@ -19,7 +19,8 @@ adjacent):
 `policy_inputs` rebuilds, for any rows, the model input `prompt ⧺ response` the update scores: prompts left-padded,
 responses right-padded, so every response starts at the same column.
 
-The vLLM path (`VllmRollout`) is optional and imported lazily; it cannot run on this project's CPU machines.
+The vLLM path (`rsgrpo.rollout_backend: vllm`) is `evisrag_core.rsgrpo.vllm_rollout.VllmRollout`: an engine in a
+child process under vLLM's own venv (`make vllm-env`; docs/vllm.md).
 """
 
 from __future__ import annotations
@@ -316,64 +317,12 @@ class TransformersRollout:
         return groups
 
 
-def vllm_engine_args(model_dir: str, max_model_len: int) -> dict[str, Any]:
-    """The `vllm.LLM` arguments of the rollout engine (also printed by `evisrag rsgrpo --dry-run`, without vLLM)."""
+def vllm_engine_args(model_dir: str, max_model_len: int, dtype: str = "bfloat16") -> dict[str, Any]:
+    """The `vllm.LLM` arguments of the rollout engine (`rsgrpo.vllm_rollout`; also printed by `evisrag rsgrpo
+    --dry-run`, without vLLM). dtype: the policy's (bf16 on GPUs, fp32 on CPU)."""
     return {
         "model": model_dir,
-        "dtype": "bfloat16",
+        "dtype": dtype,
         "limit_mm_per_prompt": {"image": 5, "video": 0},
         "max_model_len": max_model_len,
     }
-
-
-class VllmRollout:
-    """Sampling with vLLM, as the reference does on GPUs. Untested here: vLLM does not run Qwen2.5-VL on this
-    project's CPU machines. The policy's weights are pushed into the engine before every rollout."""
-
-    def __init__(self, model_dir: str, model: Any, processor: Any, encoder: PromptEncoder, max_model_len: int):
-        try:
-            from vllm import LLM
-        except ImportError as err:
-            raise RuntimeError(
-                "rsgrpo.rollout_backend is 'vllm' but vLLM is not installed. On a GPU machine run `pip install vllm`; "
-                "on CPU set rsgrpo.rollout_backend: transformers in params.yaml."
-            ) from err
-        self.model, self.processor, self.encode = model, processor, encoder
-        self.end_ids = end_of_turn_ids(model, processor)
-        self.llm = LLM(**vllm_engine_args(model_dir, max_model_len))
-
-    def _sync_weights(self) -> None:
-        engine_model = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
-        engine_model.load_weights(self.model.state_dict().items())
-
-    def generate(
-        self, prompts: Sequence[RLPrompt], sampling: Sampling, seeds: Sequence[int] | None = None
-    ) -> list[Group]:
-        from vllm import SamplingParams
-
-        self._sync_weights()
-        params = [
-            SamplingParams(
-                n=sampling.n,
-                temperature=sampling.temperature,
-                top_p=sampling.top_p,
-                max_tokens=sampling.max_new_tokens,
-                stop_token_ids=sorted(self.end_ids),
-                seed=seed,  # a per-request seed: the group's samples do not depend on its batch
-            )
-            for seed in (seeds if seeds is not None else [None] * len(prompts))
-        ]
-        requests = []
-        for prompt in prompts:
-            images = vision_inputs(self.encode.messages(prompt))
-            requests.append({"prompt": self.encode.text(prompt), "multi_modal_data": {"image": images}})
-        outputs = self.llm.generate(requests, sampling_params=params)
-        groups = []
-        for prompt, inputs, output in zip(prompts, self.encode(prompts), outputs, strict=True):
-            responses = tuple(
-                cut_at_end_of_turn(torch.tensor(sample.token_ids, dtype=torch.long), self.end_ids)
-                for sample in output.outputs
-            )
-            texts = tuple(self.processor.tokenizer.decode(ids, skip_special_tokens=True) for ids in responses)
-            groups.append(Group(prompt, inputs, responses, texts))
-        return groups

@@ -118,7 +118,7 @@ class Run:
     policy: Any
     processor: Any
     optimizer: torch.optim.Optimizer
-    rollout: Any  # rollout.TransformersRollout | rollout.VllmRollout
+    rollout: Any  # rollout.TransformersRollout | vllm_rollout.VllmRollout
     train_prompts: list[RLPrompt]
     val_prompts: list[RLPrompt]
     update: UpdateStrategy

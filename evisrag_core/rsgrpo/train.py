@@ -24,7 +24,7 @@ from evisrag_core.rsgrpo import distributed
 from evisrag_core.rsgrpo.checkpoint import load_checkpoint_state, restore, resumable_checkpoint, save_checkpoint
 from evisrag_core.rsgrpo.prompt_stream import split_prompts
 from evisrag_core.rsgrpo.report import report_samples, write_step_report
-from evisrag_core.rsgrpo.rollout import PromptEncoder, TransformersRollout, VllmRollout
+from evisrag_core.rsgrpo.rollout import PromptEncoder, TransformersRollout
 from evisrag_core.rsgrpo.spans import span_locator, tag_token_ids
 from evisrag_core.rsgrpo.state import Run, UpdateStrategy
 from evisrag_core.rsgrpo.step import LocalUpdate, train_step
@@ -73,9 +73,11 @@ def build_run(
         reference, _ = load(cfg.model_dir)
         reference.requires_grad_(False)
     encoder = prompt_encoder(processor, cfg)
+    rollout: Any
     if cfg.rollout_backend == "vllm":
-        max_len = cfg.max_prompt_length + cfg.max_new_tokens
-        rollout: TransformersRollout | VllmRollout = VllmRollout(cfg.model_dir, policy, processor, encoder, max_len)
+        from evisrag_core.rsgrpo.vllm_rollout import VllmRollout  # starts an engine under .venv-vllm
+
+        rollout = VllmRollout(cfg.model_dir, policy, processor, encoder, cfg.max_prompt_length + cfg.max_new_tokens)
     else:
         rollout = TransformersRollout(
             policy, processor, encoder, cfg.rollout_decoder, reuse_image_features=cfg.freeze_vision_tower

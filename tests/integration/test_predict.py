@@ -9,7 +9,6 @@ generation must not pass unnoticed.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,6 @@ from evisrag_core.predict import (
     Decoding,
     Request,
     TransformersBackend,
-    VllmBackend,
     build_requests,
     predict_split,
 )
@@ -217,9 +215,12 @@ def test_an_existing_file_with_foreign_or_damaged_rows_is_refused(
     assert out.read_text(encoding="utf-8") == text  # nothing cut or appended
 
 
-def test_vllm_backend_without_vllm_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    # None in sys.modules makes `import vllm` raise ImportError, whether or not vLLM is installed here.
-    monkeypatch.setitem(sys.modules, "vllm", None)
-    with pytest.raises(RuntimeError, match=r"pip install vllm") as excinfo:
+def test_vllm_backend_without_its_environment_says_how_to_build_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from evisrag_core.vllm_engine.backend import VllmBackend
+    from evisrag_core.vllm_engine.client import VllmUnavailable
+
+    monkeypatch.setenv("EVISRAG_VLLM_PYTHON", str(tmp_path / "no-venv" / "bin" / "python"))
+    with pytest.raises(VllmUnavailable, match=r"run `make vllm-env`"):
         VllmBackend("models/base", None, GREEDY, "model_card", TINY_PIXELS)
-    assert "predict.backend: transformers" in str(excinfo.value)

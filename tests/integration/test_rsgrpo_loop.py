@@ -339,12 +339,13 @@ def test_kl_to_the_start_model_is_zero_until_the_policy_moves(
     assert without.reference is None and "actor/kl" not in train_step(without)[0]
 
 
-def test_vllm_rollouts_without_vllm_fail_with_a_clear_message(tiny_model_dir: Path, rl_file: Path, tmp_path: Path):
-    import importlib.util
+def test_vllm_rollouts_without_vllm_fail_with_a_clear_message(
+    tiny_model_dir: Path, rl_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from evisrag_core.vllm_engine.client import VllmUnavailable
 
-    if importlib.util.find_spec("vllm") is not None:
-        pytest.skip("vLLM is installed here")
-    with pytest.raises(RuntimeError, match="rollout_backend is 'vllm' but vLLM is not installed"):
+    monkeypatch.setenv("EVISRAG_VLLM_PYTHON", str(tmp_path / "no-venv" / "bin" / "python"))
+    with pytest.raises(VllmUnavailable, match=r"run `make vllm-env`"):
         build_run(config(tmp_path, tiny_model_dir, rollout_backend="vllm"), rl_file, seed=0)
 
 

@@ -120,21 +120,20 @@ def test_auto_picks_vllm_only_where_it_imports(setting: str, problem: str | None
 
 
 def test_resolving_auto_without_vllm_logs_the_fallback(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
-    import evisrag_core.backend_choice as backend_choice
-
-    monkeypatch.setattr(backend_choice, "vllm_import_problem", lambda: "ModuleNotFoundError: No module named 'vllm'")
+    monkeypatch.setenv("EVISRAG_VLLM_PYTHON", str(tmp_path / "no-venv" / "python"))
     with caplog.at_level("WARNING", logger="evisrag_core.backend_choice"):
         assert resolve_backend("auto") == "transformers"
-    assert "predicting with the transformers backend" in caplog.text
+    assert "predicting with the transformers backend" in caplog.text and "make vllm-env" in caplog.text
 
 
-def test_vllm_import_problem_reports_a_missing_vllm(monkeypatch: pytest.MonkeyPatch) -> None:
-    import sys
+def test_vllm_env_problem_looks_for_vllms_python(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from evisrag_core.backend_choice import vllm_env_problem
 
-    from evisrag_core.backend_choice import vllm_import_problem
-
-    monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` raises ImportError, installed or not
-    problem = vllm_import_problem()
-    assert problem is not None and problem.startswith("ModuleNotFoundError") and "vllm" in problem
+    python = tmp_path / "venv" / "bin" / "python"
+    monkeypatch.setenv("EVISRAG_VLLM_PYTHON", str(python))
+    assert vllm_env_problem() == f"{python} not found; `make vllm-env` builds it"
+    python.parent.mkdir(parents=True)
+    python.write_text("")
+    assert vllm_env_problem() is None
