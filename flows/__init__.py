@@ -6,15 +6,20 @@ imports are its own: tests/unit/test_dvc_deps.py checks that dvc.yaml declares a
 Prefect keeps its database in the project (`.prefect/`, git-ignored) unless PREFECT_HOME or PREFECT_API_URL say
 otherwise, so flow runs started by `dvc repro` and by `evisrag pipeline` land in one place, visible in the UI of a
 server started from the project folder.
+
+Under `evisrag pipeline` a stage's flow run is created by the pipeline, under the stage's task, before DVC starts the
+stage's command; `stage_flow` makes the stage's flow run as that flow run (its id arrives in STAGE_FLOW_RUN_ENV).
 """
 
 import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("PREFECT_HOME", str(Path.cwd() / ".prefect"))
-os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "evisrag_core")
+# dvc: the pipeline runs DVC in its own process, and DVC's "Stage 'x' didn't change, skipping" belongs in its log
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "evisrag_core,dvc")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 # Each stage of a plain `dvc repro` / `dvc exp run` starts a temporary Prefect server; Prefect's 20 s start-up limit
@@ -28,3 +33,39 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 def flow_run_name(stage: str) -> Callable[[], str]:
     """Flow-run names a person can find in the UI: `<stage>-<UTC time>`."""
     return lambda: f"{stage}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+
+
+# The id of the flow run a stage process must run as: set by the pipeline flow (flows/pipeline.py) for one stage.
+STAGE_FLOW_RUN_ENV = "EVISRAG_PREFECT_FLOW_RUN_ID"
+
+from prefect import Flow  # noqa: E402  (after the Prefect defaults above: prefect reads them when imported)
+
+
+class StageFlow(Flow):
+    """A stage's flow. Called in a process the pipeline started for this stage (STAGE_FLOW_RUN_ENV set), it runs as
+    the flow run the pipeline created under the stage's task; otherwise (`dvc repro`, `evisrag sft`) as a new one.
+
+    Prefect links a run to its parent task only when the flow run is created with `parent_task_run_id`; a flow
+    called with only an id in the environment makes a new, unlinked run (measured with Prefect 3.9).
+    """
+
+    def __call__(self, *args: Any, return_state: bool = False, **kwargs: Any) -> Any:
+        flow_run_id = os.environ.pop(STAGE_FLOW_RUN_ENV, None)  # once: a flow this one calls must not take it
+        if not flow_run_id:
+            return super().__call__(*args, return_state=return_state, **kwargs)
+        from uuid import UUID
+
+        from prefect.client.orchestration import get_client
+        from prefect.flow_engine import run_flow
+        from prefect.utilities.callables import get_call_parameters
+
+        with get_client(sync_client=True) as client:
+            flow_run = client.read_flow_run(UUID(flow_run_id))
+        parameters = get_call_parameters(self.fn, args, kwargs)
+        return_type = "state" if return_state else "result"
+        return run_flow(self, flow_run=flow_run, parameters=parameters, return_type=return_type)
+
+
+def stage_flow(name: str) -> Callable[[Callable[..., Any]], StageFlow]:
+    """`@stage_flow("sft")`: the flow of the dvc.yaml stage `name`, its runs named `<name>-<UTC time>`."""
+    return lambda fn: StageFlow(fn, name=name, flow_run_name=flow_run_name(name))

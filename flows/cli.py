@@ -4,7 +4,7 @@ evisrag download | model | sft | rsgrpo | predict | evaluate | report
                                                   one stage, in pipeline order (the commands dvc.yaml runs)
 evisrag <stage> --dry-run                         every setting of the stage with its source and the command (sft and
                                                   rsgrpo: also the plan and its torchrun launch command)
-evisrag pipeline [--force] [STAGE ...]            dvc repro under one Prefect flow run and MLflow parent run
+evisrag pipeline [--force] [STAGE ...]            the DVC stages as Prefect tasks of one flow run, one MLflow parent run
 evisrag serve                                     the pipeline as a Prefect deployment (schedule from params.serve)
 evisrag evaluate --data DIR --preds FILE --out F  score any prediction file (also the reference's) directly
 evisrag answer --query Q --images A.png B.png     one question over images → the tagged answer
@@ -181,8 +181,13 @@ def cmd_answer(args: argparse.Namespace) -> int:
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
-    from flows.pipeline import pipeline_flow
+    from flows.pipeline import StageSelectionError, pipeline_flow, plan_stages
 
+    try:
+        plan_stages(load_params(args.params), args.targets)  # an unknown stage: one message, no failed runs
+    except StageSelectionError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     metrics = pipeline_flow(targets=args.targets, force=args.force)
     if metrics:
         print(format_metrics(metrics))

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow
-
 from evisrag_core.config import load_params
-from flows import flow_run_name
+from flows import stage_flow
 from tasks import tracking
 from tasks.download import write_dataset
 
 
-@flow(name="download", flow_run_name=flow_run_name("download"))
+@stage_flow("download")
 def download_flow(params_path: str = "params.yaml") -> dict[str, Any]:
     params = load_params(params_path)
     with tracking.stage_run("download", params, ["data"]):

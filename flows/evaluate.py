@@ -6,15 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect import flow
-
 from evisrag_core.config import load_params
-from flows import flow_run_name
+from flows import stage_flow
 from tasks import tracking
 from tasks.evaluate import evaluate_predictions
 
 
-@flow(name="evaluate", flow_run_name=flow_run_name("evaluate"))
+@stage_flow("evaluate")
 def evaluate_flow(
     params_path: str = "params.yaml",
     data_dir: str | None = None,

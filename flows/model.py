@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from prefect import flow
-
 from evisrag_core.config import load_params
-from flows import flow_run_name
+from flows import stage_flow
 from tasks import tracking
 
 
-@flow(name="model", flow_run_name=flow_run_name("model"))
+@stage_flow("model")
 def model_flow(params_path: str = "params.yaml") -> str:
     # torch and transformers take seconds to import: only the stages that need them import their tasks
     from tasks.model import write_base_model

@@ -6,14 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect import flow
-
 from evisrag_core.config import load_params
-from flows import flow_run_name
+from flows import stage_flow
 from tasks import tracking
 
 
-@flow(name="predict", flow_run_name=flow_run_name("predict"))
+@stage_flow("predict")
 def predict_flow(
     params_path: str = "params.yaml",
     model_dir: str | None = None,

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from prefect import flow
-
 from evisrag_core.config import load_params
-from flows import flow_run_name
+from flows import stage_flow
 from tasks import tracking
 from tasks.report import write_report
 
 
-@flow(name="report", flow_run_name=flow_run_name("report"))
+@stage_flow("report")
 def report_flow(params_path: str = "params.yaml") -> str:
     params = load_params(params_path)
     with tracking.stage_run("report", params, ["report"]):

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow
-
 from evisrag_core.config import load_params
-from flows import flow_run_name
+from flows import stage_flow
 from tasks import tracking
 
 
-@flow(name="rsgrpo", flow_run_name=flow_run_name("rsgrpo"))
+@stage_flow("rsgrpo")
 def rsgrpo_flow(params_path: str = "params.yaml") -> dict[str, Any]:
     from tasks.rsgrpo import train  # torch and transformers: imported by the stages that need them only
 

@@ -5,14 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect import flow
-
 from evisrag_core.config import load_params
-from flows import flow_run_name
+from flows import stage_flow
 from tasks import tracking
 
 
-@flow(name="sft", flow_run_name=flow_run_name("sft"))
+@stage_flow("sft")
 def sft_flow(params_path: str = "params.yaml") -> dict[str, Any]:
     from tasks.sft import train  # torch and transformers: imported by the stages that need them only
 

@@ -9,7 +9,7 @@ Profiles (`sft.profile`, `rsgrpo.profile`) are YAML overlays in configs/profiles
 wins over the profile (the rule in full: config/profiles.py).
 
     base.py       the shared base model, pixel units, pixel-range check
-    sections.py   data, model, predict, evaluate, report, tracking, serve
+    sections.py   data, model, predict, evaluate, report, tracking, pipeline, serve
     training.py   sft and rsgrpo (profiled)
     profiles.py   the overlay rule and each value's source
     params.py     Params, reading and validating a params file
@@ -37,6 +37,7 @@ from evisrag_core.config.sections import (
     EmbeddedDataParams,
     EvaluateParams,
     ModelParams,
+    PipelineParams,
     PredictParams,
     ReportParams,
     ServeParams,
@@ -60,6 +61,7 @@ __all__ = [
     "EmbeddedDataParams",
     "EvaluateParams",
     "ModelParams",
+    "PipelineParams",
     "OnBadRecord",
     "Params",
     "ParamsError",
