@@ -6,6 +6,7 @@ evisrag <stage> --dry-run                         every setting of the stage wit
                                                   rsgrpo: also the plan and its torchrun launch command)
 evisrag pipeline [--force] [STAGE ...]            the DVC stages as Prefect tasks of one flow run, one MLflow parent run
 evisrag serve                                     the pipeline as a Prefect deployment (schedule from params.serve)
+evisrag deploy --pool NAME [--cron C]             the pipeline as a deployment of a work pool: a worker runs it
 evisrag evaluate --data DIR --preds FILE --out F  score any prediction file (also the reference's) directly
 evisrag answer --query Q --images A.png B.png     one question over images → the tagged answer
 evisrag metrics                                   print metrics.json as a table
@@ -30,7 +31,7 @@ from evisrag_core.config import DEFAULT_PARAMS, ParamsError, load_params
 from evisrag_core.io import BadRecordError, DiskFullError
 
 # The commands that run pipeline stages: their params file is validated before anything starts.
-PIPELINE_COMMANDS = ("download", "model", "sft", "rsgrpo", "predict", "evaluate", "report", "pipeline")
+PIPELINE_COMMANDS = ("download", "model", "sft", "rsgrpo", "predict", "evaluate", "report", "pipeline", "deploy")
 # The params section each stage without a training plan reads (its `--dry-run` shows it).
 STAGE_SECTIONS = {
     "download": "data",
@@ -298,6 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
     from flows.plan import register_plan_command
 
     register_plan_command(sub)
+
+    from flows.deploy import register_deploy_command
+
+    register_deploy_command(sub)
 
     compare = sub.add_parser("compare", help="pipeline runs in MLflow: differing params, metrics per benchmark, PNG")
     compare.add_argument("--experiment", action="append", help="experiment name (repeatable; default: from params)")
