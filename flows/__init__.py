@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("PREFECT_HOME", str(Path.cwd() / ".prefect"))
-# dvc: the pipeline runs DVC in its own process, and DVC's "Stage 'x' didn't change, skipping" belongs in its log
-os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "evisrag_core,dvc")
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "evisrag_core")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 # Each stage of a plain `dvc repro` / `dvc exp run` starts a temporary Prefect server; Prefect's 20 s start-up limit

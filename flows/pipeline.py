@@ -35,8 +35,9 @@ import mlflow
 import yaml
 from prefect import Flow, Task, flow, get_run_logger
 from prefect.client.orchestration import SyncPrefectClient, get_client
-from prefect.client.schemas.objects import TaskRunResult
+from prefect.client.schemas.objects import FlowRunResult, TaskRunResult
 from prefect.context import FlowRunContext
+from prefect.logging.handlers import APILogHandler
 from prefect.states import AwaitingRetry, Completed, Failed, Pending, Retrying, Running
 
 from evisrag_core.config import Params, load_params
@@ -123,13 +124,20 @@ class _DvcOutcome(logging.Handler):
 def reproduce_stage(repo: Repo, stage: str, force: bool, env: dict[str, str]) -> str | None:
     """`dvc repro --single-item [--force] <stage>` in this process: UP_TO_DATE, CACHED, or None when the stage's
     command ran. A failed command raises DVC's ReproductionError."""
+    # DVC prints its lines with handlers of its own; passed on to the root logger (Prefect's console handler) they
+    # would print twice. Prefect's API handler puts them in the pipeline's flow-run log, the UI's view of the run.
     watcher = _DvcOutcome()
+    handlers = [watcher, APILogHandler()]
     dvc_logger = logging.getLogger("dvc")
-    dvc_logger.addHandler(watcher)
+    propagate, dvc_logger.propagate = dvc_logger.propagate, False
+    for handler in handlers:
+        dvc_logger.addHandler(handler)
     try:
         reproduced = repo.reproduce(targets=[stage], single_item=True, force=force, run_env=env)
     finally:
-        dvc_logger.removeHandler(watcher)
+        for handler in handlers:
+            dvc_logger.removeHandler(handler)
+        dvc_logger.propagate = propagate
     if not reproduced:
         return UP_TO_DATE
     return CACHED if watcher.restored else None
@@ -156,10 +164,9 @@ class StageRunner:
     retry_delay_seconds: float
 
     def run(self, stages: list[str]) -> None:
-        logger = get_run_logger()
-        previous: UUID | None = None
+        previous: FlowRunResult | TaskRunResult | None = None
         for index, stage in enumerate(stages):
-            task_inputs = {"wait_for": [TaskRunResult(id=previous)]} if previous else {}
+            task_inputs = {"wait_for": [previous]} if previous else {}
             task_run = self.client.create_task_run(
                 task=STAGE_TASK.with_options(retries=self.retries(stage)),
                 flow_run_id=self.parent,
@@ -168,15 +175,17 @@ class StageRunner:
                 state=Pending(),
                 task_inputs=task_inputs,
             )
-            if not self._run_stage(stage, task_run.id):
+            completed, ran = self._run_stage(stage, task_run.id)
+            if not completed:
                 left = stages[index + 1 :]
                 not_run = f"; not run: {', '.join(left)}" if left else ""
                 raise StageFailedError(f"stage {stage} failed (its flow run and the log above say why){not_run}")
-            logger.info("stage %s: done", stage)
-            previous = task_run.id
+            # The UI's graph draws a task with a nested flow run as that flow run, and links a stage to the one before
+            # only when `wait_for` names the node it drew.
+            previous = FlowRunResult(id=ran) if ran else TaskRunResult(id=task_run.id)
 
-    def _run_stage(self, stage: str, task_run_id: UUID) -> bool:
-        """Run one stage with its retries, its task run's states set here; True when it completed."""
+    def _run_stage(self, stage: str, task_run_id: UUID) -> tuple[bool, UUID | None]:
+        """Run one stage with its retries, its task run's states set here: (completed, the flow run that ran it)."""
         logger = get_run_logger()
         stage_flow = _stage_flow(self.repo, stage)
         retries = self.retries(stage)
@@ -197,17 +206,18 @@ class StageRunner:
                     continue
                 logger.error("stage %s failed: %s", stage, message)
                 self.client.set_task_run_state(task_run_id, Failed(message=message), force=True)
-                return False
+                return False, None
             if outcome is not None and flow_run_id is not None:
                 self.client.delete_flow_run(flow_run_id)  # DVC did not run the command: its flow run never started
+                flow_run_id = None
             message = {UP_TO_DATE: "DVC: up to date", CACHED: "DVC: outputs restored from the run cache"}.get(
                 outcome or "", "ran"
             )
             logger.info("stage %s: %s", stage, message)
             done = Completed(name=outcome, message=message) if outcome else Completed(message=message)
             self.client.set_task_run_state(task_run_id, done, force=True)
-            return True
-        return False
+            return True, flow_run_id
+        return False, None
 
     def _create_flow_run(self, stage_flow: Flow[Any, Any], stage: str, task_run_id: UUID) -> UUID:
         created = self.client.create_flow_run(

@@ -137,6 +137,15 @@ def test_each_stage_is_a_task_in_dvc_yaml_order_with_its_flow_run_nested(client,
     assert [r.name for r in client.read_flow_runs() if r.parent_task_run_id is None] == [pipeline.name]
 
 
+def test_the_ui_graph_draws_the_chain_of_stages(client, project) -> None:
+    """What the UI's graph draws (its data, /flow_runs/<id>/graph-v2): download's flow run, then count, linked."""
+    pipeline = _latest_pipeline_run(client)
+    graph = client.request("GET", "/flow_runs/{id}/graph-v2", path_params={"id": pipeline.id}).json()
+    nodes = sorted((node for _, node in graph["nodes"]), key=lambda node: node["start_time"])
+    assert [(n["kind"], n["label"].split(" / ")[0]) for n in nodes] == [("flow-run", "download"), ("task-run", "count")]
+    assert [parent["id"] for parent in nodes[1]["parents"]] == [nodes[0]["id"]]
+
+
 def test_mlflow_keeps_the_parent_run_with_the_stage_run_nested(project) -> None:
     root, env = project
     script = (
