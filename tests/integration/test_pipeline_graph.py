@@ -123,10 +123,10 @@ def test_each_stage_is_a_task_in_dvc_yaml_order_with_its_flow_run_nested(client,
     assert [t.name for t in tasks] == ["download", "count"]
     assert [t.state_type.value for t in tasks] == ["COMPLETED", "COMPLETED"]
     assert [t.state_name for t in tasks] == ["Completed", "Completed"]  # both ran: neither up to date nor cached
-    # the graph is a chain: count waits for download
-    assert [i.id for i in count.task_inputs["wait_for"]] == [download.id]
     # download's command is `evisrag download`: its flow run (the stage process's) is nested under its task
     [stage_run] = _nested_flow_runs(client, download.id)
+    # the graph is a chain: count waits for download, drawn as its flow run
+    assert [i.id for i in count.task_inputs["wait_for"]] == [stage_run.id]
     assert stage_run.parent_task_run_id == download.id
     assert stage_run.state_type.value == "COMPLETED"
     assert stage_run.name.startswith("download-")
