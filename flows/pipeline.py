@@ -46,6 +46,7 @@ from tasks import tracking
 
 if TYPE_CHECKING:
     from dvc.repo import Repo
+    from dvc.stage import Stage
 
 UP_TO_DATE = "Up to date"
 CACHED = "Cached"  # Prefect's own name for a run whose result came from a cache
@@ -99,13 +100,13 @@ def plan_stages(params: Params, targets: list[str] | None, root: str | Path = ".
         return [stage.addressing for stage in plan_repro(get_active_graph(repo.index.graph), stages)]
 
 
-def _stage_flow(repo: Repo, stage: str) -> StageFlow | None:
+def _stage_flow(dvc_stage: Stage) -> StageFlow | None:
     """The Prefect flow a stage's command runs (`evisrag <stage>` runs flows/<stage>.py's `<stage>_flow`), or None for
     a command of another kind, which then shows as its task alone."""
-    [dvc_stage] = repo.stage.collect(stage)
-    if dvc_stage.cmd != f"evisrag {stage}":
+    name = dvc_stage.addressing
+    if dvc_stage.cmd != f"evisrag {name}":
         return None
-    found = getattr(importlib.import_module(f"flows.{stage}"), f"{stage}_flow", None)
+    found = getattr(importlib.import_module(f"flows.{name}"), f"{name}_flow", None)
     return found if isinstance(found, StageFlow) else None
 
 
@@ -187,7 +188,16 @@ class StageRunner:
     def _run_stage(self, stage: str, task_run_id: UUID) -> tuple[bool, UUID | None]:
         """Run one stage with its retries, its task run's states set here: (completed, the flow run that ran it)."""
         logger = get_run_logger()
-        stage_flow = _stage_flow(self.repo, stage)
+        [dvc_stage] = self.repo.stage.collect(stage)
+        if not self.force and not dvc_stage.changed():
+            # DVC's own test, as `dvc repro` applies it, asked before a flow run is created for a stage that will
+            # not run: most stages of most runs are up to date.
+            logger.info("stage %s: DVC: up to date", stage)
+            self.client.set_task_run_state(task_run_id, Running(), force=True)
+            done = Completed(name=UP_TO_DATE, message="DVC: up to date")
+            self.client.set_task_run_state(task_run_id, done, force=True)
+            return True, None
+        stage_flow = _stage_flow(dvc_stage)
         retries = self.retries(stage)
         for attempt in range(retries + 1):
             running = Running() if attempt == 0 else Retrying()
@@ -263,7 +273,7 @@ def pipeline_flow(
     """`targets`: dvc.yaml stages (and what they need), default all. `retries`: how often a failed stage that
     pipeline.retries does not name runs again (a deployment sets it from serve.retries); `retry_delay_seconds`:
     the pause before a retry (default pipeline.retry_delay_seconds)."""
-    from dvc.repo import Repo
+    from dvc.repo import Repo, lock_repo
 
     params = load_params(params_path)
     stages = plan_stages(params, targets)
@@ -279,7 +289,9 @@ def pipeline_flow(
         context = FlowRunContext.get()
         assert context is not None and context.flow_run is not None  # inside this flow's run
         delay = params.pipeline.retry_delay_seconds if retry_delay_seconds is None else retry_delay_seconds
-        with get_client(sync_client=True) as client, Repo(".") as repo:
+        # One DVC lock for the whole run, as `dvc repro` holds it (DVC lifts it while a stage's command runs): DVC then
+        # reads dvc.yaml and dvc.lock again only after a stage has run, not once per stage.
+        with get_client(sync_client=True) as client, Repo(".") as repo, lock_repo(repo):
             runner = StageRunner(
                 client=client,
                 repo=repo,
