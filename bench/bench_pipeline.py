@@ -14,6 +14,11 @@ overhead  the evaluate stage as DVC runs it (`evisrag evaluate`: a process, a Pr
           here (no PREFECT_API_URL), as under a plain `dvc repro`; `evisrag pipeline` shares one server instead,
           measured too (a `prefect server start` on 127.0.0.1 for the runs), with the import time of each module a
           stage process loads (a fresh interpreter per import: the overhead's floor).
+pipeline  `evisrag pipeline` as a user runs it, against the running server: the median wall time of a no-op run
+          (everything up to date), and of a run where only the evaluate stage is stale (its metrics file and DVC's
+          run cache deleted, so DVC must run it). `per_stage_noop_s` = no-op wall / number of stages;
+          `run_stage_overhead_s` = (evaluate-stale wall - no-op wall) - the bare library call: what the pipeline adds
+          to a stage that runs. One ephemeral no-op run (no server: what `evisrag pipeline` costs out of the box).
 
 The stage processes run the editable install's code (the repository's working tree), with the copy's params and
 dvc.yaml, exactly as the end-to-end test does.
@@ -98,6 +103,9 @@ def make_project(root: Path, quick: bool) -> dict[str, str]:
         shrink_params(root / "params.yaml")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "EVISRAG_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    # The copy's code, not whatever checkout the editable install (or the caller's PYTHONPATH) points at: the
+    # measurement stays the code this benchmark was started from even if the working tree changes meanwhile.
+    env["PYTHONPATH"] = str(root)
     # Prefect's ephemeral server must start within 20 s by default; on a loaded 2-core machine it may not, and the
     # stage fails. A longer limit changes nothing when it starts in time.
     env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"
@@ -167,6 +175,36 @@ def prefect_server(root: Path, env: dict[str, str]) -> Iterator[str]:
         server.wait(timeout=30)
 
 
+def make_evaluate_stale(root: Path) -> None:
+    """Only the evaluate stage is out of date, and DVC cannot restore it: its metrics file and the run cache go."""
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    (root / params["evaluate"]["metrics_file"]).unlink(missing_ok=True)
+    shutil.rmtree(root / ".dvc" / "cache" / "runs", ignore_errors=True)
+
+
+def pipeline_costs(root: Path, env: dict[str, str], api_url: str, repeats: int, library_s: float) -> dict[str, Any]:
+    """`evisrag pipeline` wall times against one running server: no-op, and with only the evaluate stage stale."""
+    evisrag = str(Path(sys.executable).parent / "evisrag")
+    served = {**env, "PREFECT_API_URL": api_url}
+    n_stages = len(yaml.safe_load((root / "dvc.yaml").read_text())["stages"])
+    noop = [timed([evisrag, "pipeline"], root, served)[0] for _ in range(repeats)]
+    stale = []
+    for _ in range(repeats):
+        make_evaluate_stale(root)
+        stale.append(timed([evisrag, "pipeline"], root, served)[0])
+    noop_s, stale_s = statistics.median(noop), statistics.median(stale)
+    return {
+        "stages": n_stages,
+        "noop_median_s": noop_s,
+        "noop_runs_s": noop,
+        "per_stage_noop_s": noop_s / n_stages,
+        "evaluate_stale_median_s": stale_s,
+        "evaluate_stale_runs_s": stale,
+        "run_stage_overhead_s": stale_s - noop_s - library_s,
+        "prefect": "one running server (PREFECT_API_URL)",
+    }
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     dvc = str(Path(sys.executable).parent / "dvc")
     result: dict[str, Any] = {"quick": args.quick, "repeats": args.repeats}
@@ -191,6 +229,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["overhead"] = overhead(stage, library, "ephemeral (no PREFECT_API_URL)")
         with prefect_server(root, env) as api_url:
             shared = [timed(jobs[0][1], root, {**env, "PREFECT_API_URL": api_url})[0] for _ in range(args.repeats)]
+            pipeline = pipeline_costs(root, env, api_url, args.repeats, statistics.median(library))
+        evisrag = str(Path(sys.executable).parent / "evisrag")
+        pipeline["ephemeral_noop_s"] = timed([evisrag, "pipeline"], root, env)[0]
+        result["pipeline"] = pipeline
         server = "one running server (PREFECT_API_URL, as under `evisrag pipeline` or `evisrag serve`)"
         result["overhead_shared_server"] = overhead(shared, library, server)
         result["import_seconds"] = import_costs(root, env, args.repeats)
@@ -201,12 +243,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="reduced sizes, 1 repeat")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="reduced sizes, 1 repeat unless --repeats")
+    parser.add_argument("--repeats", type=int, help="runs per timed figure (default 3)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results" / "pipeline.json")
     args = parser.parse_args()
-    if args.quick:
-        args.repeats = 1
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 3
     result = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out, result)

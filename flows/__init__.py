@@ -6,6 +6,9 @@ imports are its own: tests/unit/test_dvc_deps.py checks that dvc.yaml declares a
 Prefect keeps its database in the project (`.prefect/`, git-ignored) unless PREFECT_HOME or PREFECT_API_URL say
 otherwise, so flow runs started by `dvc repro` and by `evisrag pipeline` land in one place, visible in the UI of a
 server started from the project folder.
+
+Under `evisrag pipeline` a stage's flow run is created by the pipeline, under the stage's task, before DVC starts the
+stage's command; `stage_flow` makes the stage's flow run as that flow run (its id arrives in STAGE_FLOW_RUN_ENV).
 """
 
 import functools
@@ -67,12 +70,38 @@ def refuse_user_errors(body: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
-def stage_flow(name: str) -> Callable[[Callable[..., Any]], Any]:
-    """`@stage_flow("sft")`: the Prefect flow of one stage command, named `<stage>-<UTC time>` per run, whose user
+# The id of the flow run a stage process must run as: set by the pipeline flow (flows/pipeline.py) for one stage.
+STAGE_FLOW_RUN_ENV = "EVISRAG_PREFECT_FLOW_RUN_ID"
+
+from prefect import Flow  # noqa: E402  (after the Prefect defaults above: prefect reads them when imported)
+
+
+class StageFlow(Flow):
+    """A stage's flow. Called in a process the pipeline started for this stage (STAGE_FLOW_RUN_ENV set), it runs as
+    the flow run the pipeline created under the stage's task; otherwise (`dvc repro`, `evisrag sft`) as a new one.
+
+    Prefect links a run to its parent task only when the flow run is created with `parent_task_run_id`; a flow
+    called with only an id in the environment makes a new, unlinked run (measured with Prefect 3.9).
+    """
+
+    def __call__(self, *args: Any, return_state: bool = False, **kwargs: Any) -> Any:
+        flow_run_id = os.environ.pop(STAGE_FLOW_RUN_ENV, None)  # once: a flow this one calls must not take it
+        if not flow_run_id:
+            return super().__call__(*args, return_state=return_state, **kwargs)
+        from uuid import UUID
+
+        from prefect.client.orchestration import get_client
+        from prefect.flow_engine import run_flow
+        from prefect.utilities.callables import get_call_parameters
+
+        with get_client(sync_client=True) as client:
+            flow_run = client.read_flow_run(UUID(flow_run_id))
+        parameters = get_call_parameters(self.fn, args, kwargs)
+        return_type = "state" if return_state else "result"
+        return run_flow(self, flow_run=flow_run, parameters=parameters, return_type=return_type)
+
+
+def stage_flow(name: str) -> Callable[[Callable[..., Any]], StageFlow]:
+    """`@stage_flow("sft")`: the flow of the dvc.yaml stage `name`, its runs named `<name>-<UTC time>`, whose user
     errors end the run as Refused (see refuse_user_errors)."""
-    from prefect import flow  # after the settings above, as in refuse_user_errors
-
-    def make(body: Callable[..., Any]) -> Any:
-        return flow(name=name, flow_run_name=flow_run_name(name))(refuse_user_errors(body))
-
-    return make
+    return lambda fn: StageFlow(refuse_user_errors(fn), name=name, flow_run_name=flow_run_name(name))

@@ -4,8 +4,9 @@ evisrag download | model | sft | rsgrpo | predict | evaluate | report
                                                   one stage, in pipeline order (the commands dvc.yaml runs)
 evisrag <stage> --dry-run                         every setting of the stage with its source and the command (sft and
                                                   rsgrpo: also the plan and its torchrun launch command)
-evisrag pipeline [--force] [STAGE ...]            dvc repro under one Prefect flow run and MLflow parent run
+evisrag pipeline [--force] [STAGE ...]            the DVC stages as Prefect tasks of one flow run, one MLflow parent run
 evisrag serve                                     the pipeline as a Prefect deployment (schedule from params.serve)
+evisrag deploy --pool NAME [--cron C]             the pipeline as a deployment of a work pool: a worker runs it
 evisrag evaluate --data DIR --preds FILE --out F  score any prediction file (also the reference's) directly
 evisrag answer --query Q --images A.png B.png     one question over images → the answer and each image's evidence
                                                   (--raw: the generated text, --json: the fields)
@@ -47,7 +48,7 @@ from evisrag_core.config import DEFAULT_PARAMS, load_params
 from evisrag_core.errors import InputNotFoundError, UserError
 
 # The commands that run pipeline stages: their params file is validated before anything starts.
-PIPELINE_COMMANDS = ("download", "model", "sft", "rsgrpo", "predict", "evaluate", "report", "pipeline")
+PIPELINE_COMMANDS = ("download", "model", "sft", "rsgrpo", "predict", "evaluate", "report", "pipeline", "deploy")
 # The params section each stage without a training plan reads (its `--dry-run` shows it).
 STAGE_SECTIONS = {
     "download": "data",
@@ -235,8 +236,9 @@ def cmd_prompt(args: argparse.Namespace) -> int:
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
     check_stage_targets(args.targets, Path("dvc.yaml"))  # before the flow run and its MLflow parent run start
-    from flows.pipeline import pipeline_flow
+    from flows.pipeline import pipeline_flow, plan_stages
 
+    plan_stages(load_params(args.params), args.targets)  # unknown stages in pipeline.retries too, before any run
     metrics = pipeline_flow(targets=args.targets, force=args.force)
     if metrics:
         print(format_metrics(metrics))
@@ -385,6 +387,10 @@ def build_parser() -> argparse.ArgumentParser:
     from flows.plan import register_plan_command
 
     register_plan_command(sub)
+
+    from flows.deploy import register_deploy_command
+
+    register_deploy_command(sub)
 
     compare = sub.add_parser("compare", help="pipeline runs in MLflow: differing params, metrics per benchmark, PNG")
     compare.add_argument("--experiment", action="append", help="experiment name (repeatable; default: from params)")

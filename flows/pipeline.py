@@ -1,26 +1,64 @@
-"""The pipeline flow: `dvc repro` under one Prefect flow run and one MLflow parent run.
+"""The pipeline flow: every dvc.yaml stage as one Prefect task, in DVC's order, under one flow run and one MLflow
+parent run.
 
-DVC decides which stages are stale (dvc.lock stays the record); each stage it runs is itself a Prefect flow run and a
-nested MLflow run. Stage processes reuse this flow's Prefect API (its temporary server in ephemeral mode), which
-saves starting one server per stage.
+DVC still decides: the stages are those `dvc repro [targets]` would visit (DVC's own plan: the targets and the
+stages upstream of them), and each runs as `dvc repro --single-item <stage>` would, in this process (DVC's Python
+API: no DVC start-up per stage), so DVC skips what is up to date, restores from its run cache, and writes dvc.lock.
+
+What the Prefect UI shows for a run: one task run per stage, each waiting for the one before (the graph is a chain),
+named after the stage. A stage that runs shows its own flow run (the stage process's: logs, its tasks) nested under
+its task; an up-to-date stage completes as "Up to date", one restored from DVC's run cache as "Cached", neither with
+a flow run. A failed stage fails its task and the pipeline; the stages after it do not run.
+
+How the nesting works (Prefect 3.9, measured): a flow run in another process appears under a task only when it is
+created with `parent_task_run_id` of a task run the server already has. A `@task`'s own run reaches the server later
+(through events), so linking to it fails (409). So this flow creates each stage's task run and flow run itself with
+the client, sets the task run's states itself, and hands the flow run's id to the stage process
+(flows.STAGE_FLOW_RUN_ENV, read by flows.StageFlow) with this flow's API URL (without it, a stage process would
+start a temporary server of its own).
 """
 
 from __future__ import annotations
 
+import importlib
+import logging
 import os
-import subprocess
 import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
 
 import mlflow
 import yaml
-from prefect import flow, get_run_logger, task
-from prefect.client.orchestration import get_client
+from prefect import Flow, Task, flow, get_run_logger
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.objects import FlowRunResult, TaskRunResult
+from prefect.context import FlowRunContext
+from prefect.logging.handlers import APILogHandler
+from prefect.states import AwaitingRetry, Completed, Failed, Pending, Retrying, Running
 
-from evisrag_core.config import load_params
-from flows import flow_run_name
-from tasks import TASK_DEFAULTS, tracking
+from evisrag_core.config import Params, load_params
+from evisrag_core.errors import UserError
+from flows import STAGE_FLOW_RUN_ENV, StageFlow, flow_run_name
+from tasks import tracking
+
+if TYPE_CHECKING:
+    from dvc.repo import Repo
+    from dvc.stage import Stage
+
+UP_TO_DATE = "Up to date"
+CACHED = "Cached"  # Prefect's own name for a run whose result came from a cache
+
+
+class StageSelectionError(UserError, ValueError):
+    """`evisrag pipeline STAGE` or pipeline.retries names a stage dvc.yaml does not have (a user error)."""
+
+
+class StageFailedError(RuntimeError):
+    """A stage's command failed: its task is Failed and the stages after it did not run."""
 
 
 def _prefect_api_url() -> str | None:
@@ -32,7 +70,7 @@ def _prefect_api_url() -> str | None:
 
 
 def stage_environment() -> dict[str, str]:
-    """The environment of the `dvc repro` child: this interpreter's scripts folder first on PATH, because every
+    """The environment of the stage commands: this interpreter's scripts folder first on PATH, because every
     dvc.yaml stage runs `evisrag ...` and `.venv/bin/evisrag pipeline` is often called without an activated venv."""
     env = dict(os.environ)
     scripts = str(Path(sys.executable).parent)
@@ -40,19 +78,175 @@ def stage_environment() -> dict[str, str]:
     return env
 
 
-@task(name="dvc-repro", **TASK_DEFAULTS)
-def dvc_repro(targets: list[str], force: bool, env: dict[str, str]) -> None:
-    logger = get_run_logger()
-    command = [sys.executable, "-m", "dvc", "repro", *(["--force"] if force else []), *targets]
-    logger.info("running %s", " ".join(command))
-    with subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-    ) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            logger.info(line.rstrip())
-    if proc.returncode:
-        raise RuntimeError(f"dvc repro failed with exit code {proc.returncode}; see the log above")
+def plan_stages(params: Params, targets: list[str] | None, root: str | Path = ".") -> list[str]:
+    """The stages `dvc repro [targets]` would visit, in its order (dvc.yaml's, for this project's chain).
+    StageSelectionError for a target DVC does not know, or a stage in pipeline.retries that dvc.yaml does not have
+    (a typo there would silently mean "no retries"). Called before the flow starts too, so that a user error is one
+    message, not a failed run in Prefect and MLflow."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+    from dvc.repo.reproduce import collect_stages, get_active_graph, plan_repro
+
+    with Repo(str(root)) as repo:
+        known = [stage.addressing for stage in repo.index.stages]
+        unknown = sorted(set(params.pipeline.retries) - set(known))
+        if unknown:
+            raise StageSelectionError(
+                f"pipeline.retries names {', '.join(unknown)}: not a stage of dvc.yaml ({', '.join(known)})"
+            )
+        try:
+            stages = collect_stages(repo, targets or ["dvc.yaml"])
+        except DvcException as err:
+            raise StageSelectionError(f"{err}; the stages of dvc.yaml are: {', '.join(known)}") from None
+        return [stage.addressing for stage in plan_repro(get_active_graph(repo.index.graph), stages)]
+
+
+def _stage_flow(dvc_stage: Stage) -> StageFlow | None:
+    """The Prefect flow a stage's command runs (`evisrag <stage>` runs flows/<stage>.py's `<stage>_flow`), or None for
+    a command of another kind, which then shows as its task alone."""
+    name = dvc_stage.addressing
+    if dvc_stage.cmd != f"evisrag {name}":
+        return None
+    found = getattr(importlib.import_module(f"flows.{name}"), f"{name}_flow", None)
+    return found if isinstance(found, StageFlow) else None
+
+
+class _DvcOutcome(logging.Handler):
+    """DVC's word on what it did with a stage that did not run its command: restored from the run cache."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.restored = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "is cached - skipping run" in record.getMessage():
+            self.restored = True
+
+
+def reproduce_stage(repo: Repo, stage: str, force: bool, env: dict[str, str]) -> str | None:
+    """`dvc repro --single-item [--force] <stage>` in this process: UP_TO_DATE, CACHED, or None when the stage's
+    command ran. A failed command raises DVC's ReproductionError."""
+    # DVC prints its lines with handlers of its own; passed on to the root logger (Prefect's console handler) they
+    # would print twice. Prefect's API handler puts them in the pipeline's flow-run log, the UI's view of the run.
+    watcher = _DvcOutcome()
+    handlers = [watcher, APILogHandler()]
+    dvc_logger = logging.getLogger("dvc")
+    propagate, dvc_logger.propagate = dvc_logger.propagate, False
+    for handler in handlers:
+        dvc_logger.addHandler(handler)
+    try:
+        reproduced = repo.reproduce(targets=[stage], single_item=True, force=force, run_env=env)
+    finally:
+        for handler in handlers:
+            dvc_logger.removeHandler(handler)
+        dvc_logger.propagate = propagate
+    if not reproduced:
+        return UP_TO_DATE
+    return CACHED if watcher.restored else None
+
+
+def _stage_placeholder() -> None:
+    """Never called: the task a stage's task run belongs to (create_task_run needs a task for its key)."""
+
+
+STAGE_TASK = Task(_stage_placeholder, name="stage")
+
+
+@dataclass
+class StageRunner:
+    """Runs the planned stages one after another as task runs of the flow run `parent`."""
+
+    client: SyncPrefectClient
+    repo: Repo
+    parent: UUID
+    params_path: str
+    force: bool
+    env: dict[str, str]
+    retries: Callable[[str], int]
+    retry_delay_seconds: float
+
+    def run(self, stages: list[str]) -> None:
+        previous: FlowRunResult | TaskRunResult | None = None
+        for index, stage in enumerate(stages):
+            task_inputs = {"wait_for": [previous]} if previous else {}
+            task_run = self.client.create_task_run(
+                task=STAGE_TASK.with_options(retries=self.retries(stage)),
+                flow_run_id=self.parent,
+                dynamic_key=str(index),
+                name=stage,
+                state=Pending(),
+                task_inputs=task_inputs,
+            )
+            completed, ran = self._run_stage(stage, task_run.id)
+            if not completed:
+                left = stages[index + 1 :]
+                not_run = f"; not run: {', '.join(left)}" if left else ""
+                raise StageFailedError(f"stage {stage} failed (its flow run and the log above say why){not_run}")
+            # The UI's graph draws a task with a nested flow run as that flow run, and links a stage to the one before
+            # only when `wait_for` names the node it drew.
+            previous = FlowRunResult(id=ran) if ran else TaskRunResult(id=task_run.id)
+
+    def _run_stage(self, stage: str, task_run_id: UUID) -> tuple[bool, UUID | None]:
+        """Run one stage with its retries, its task run's states set here: (completed, the flow run that ran it)."""
+        logger = get_run_logger()
+        [dvc_stage] = self.repo.stage.collect(stage)
+        if not self.force and not dvc_stage.changed():
+            # DVC's own test, as `dvc repro` applies it, asked before a flow run is created for a stage that will
+            # not run: most stages of most runs are up to date.
+            logger.info("stage %s: DVC: up to date", stage)
+            self.client.set_task_run_state(task_run_id, Running(), force=True)
+            done = Completed(name=UP_TO_DATE, message="DVC: up to date")
+            self.client.set_task_run_state(task_run_id, done, force=True)
+            return True, None
+        stage_flow = _stage_flow(dvc_stage)
+        retries = self.retries(stage)
+        for attempt in range(retries + 1):
+            running = Running() if attempt == 0 else Retrying()
+            self.client.set_task_run_state(task_run_id, running, force=True)
+            flow_run_id = self._create_flow_run(stage_flow, stage, task_run_id) if stage_flow else None
+            env = self.env | ({STAGE_FLOW_RUN_ENV: str(flow_run_id)} if flow_run_id else {})
+            try:
+                outcome = reproduce_stage(self.repo, stage, self.force, env)
+            except Exception as err:  # DVC's errors and the command's exit fail the stage's task, not this flow
+                message = f"{err}: {err.__cause__}" if err.__cause__ else str(err)
+                self._settle_unstarted(flow_run_id, message)
+                if attempt < retries:
+                    logger.warning("stage %s failed (%s); retry %d of %d", stage, message, attempt + 1, retries)
+                    self.client.set_task_run_state(task_run_id, AwaitingRetry(), force=True)
+                    time.sleep(self.retry_delay_seconds)
+                    continue
+                logger.error("stage %s failed: %s", stage, message)
+                self.client.set_task_run_state(task_run_id, Failed(message=message), force=True)
+                return False, None
+            if outcome is not None and flow_run_id is not None:
+                self.client.delete_flow_run(flow_run_id)  # DVC did not run the command: its flow run never started
+                flow_run_id = None
+            message = {UP_TO_DATE: "DVC: up to date", CACHED: "DVC: outputs restored from the run cache"}.get(
+                outcome or "", "ran"
+            )
+            logger.info("stage %s: %s", stage, message)
+            done = Completed(name=outcome, message=message) if outcome else Completed(message=message)
+            self.client.set_task_run_state(task_run_id, done, force=True)
+            return True, flow_run_id
+        return False, None
+
+    def _create_flow_run(self, stage_flow: Flow[Any, Any], stage: str, task_run_id: UUID) -> UUID:
+        created = self.client.create_flow_run(
+            stage_flow,
+            name=flow_run_name(stage)(),
+            parameters={"params_path": self.params_path},
+            parent_task_run_id=task_run_id,
+        )
+        return created.id
+
+    def _settle_unstarted(self, flow_run_id: UUID | None, message: str) -> None:
+        """A stage process that failed before its flow started (e.g. a bad command) leaves its flow run Pending:
+        mark it Failed so no run waits forever in the UI."""
+        if flow_run_id is None:
+            return
+        if self.client.read_flow_run(flow_run_id).state_type.value == "PENDING":
+            reason = f"the stage process ended before its flow started ({message})"
+            self.client.set_flow_run_state(flow_run_id, Failed(message=reason), force=True)
 
 
 def _tag_stage_runs(parent_run_id: str, lock_file: Path) -> None:
@@ -75,11 +269,15 @@ def pipeline_flow(
     targets: list[str] | None = None,
     force: bool = False,
     retries: int = 0,
-    retry_delay_seconds: float = 0.0,
+    retry_delay_seconds: float | None = None,
 ) -> Any:
-    """`retries`: how often a failed `dvc repro` is run again (the deployment of `evisrag serve` sets it from
-    params.serve); DVC skips the stages that finished, so a retry reruns the failed stage and those after it."""
+    """`targets`: dvc.yaml stages (and what they need), default all. `retries`: how often a failed stage that
+    pipeline.retries does not name runs again (a deployment sets it from serve.retries); `retry_delay_seconds`:
+    the pause before a retry (default pipeline.retry_delay_seconds)."""
+    from dvc.repo import Repo, lock_repo
+
     params = load_params(params_path)
+    stages = plan_stages(params, targets)
     tracking.configure(params)
     tags = {**params.tracking.tags, "evisrag.git_commit": tracking.git_commit() or "unknown"}
     with mlflow.start_run(run_name="pipeline", tags=tags) as run:
@@ -89,8 +287,26 @@ def pipeline_flow(
         api_url = _prefect_api_url()
         if api_url:
             env["PREFECT_API_URL"] = api_url
-        dvc_repro.with_options(retries=retries, retry_delay_seconds=retry_delay_seconds)(targets or [], force, env)
-        _tag_stage_runs(run.info.run_id, Path("dvc.lock"))
+        context = FlowRunContext.get()
+        assert context is not None and context.flow_run is not None  # inside this flow's run
+        delay = params.pipeline.retry_delay_seconds if retry_delay_seconds is None else retry_delay_seconds
+        # One DVC lock for the whole run, as `dvc repro` holds it (DVC lifts it while a stage's command runs): DVC then
+        # reads dvc.yaml and dvc.lock again only after a stage has run, not once per stage.
+        with get_client(sync_client=True) as client, Repo(".") as repo, lock_repo(repo):
+            runner = StageRunner(
+                client=client,
+                repo=repo,
+                parent=context.flow_run.id,
+                params_path=params_path,
+                force=force,
+                env=env,
+                retries=lambda stage: params.pipeline.retries.get(stage, retries),
+                retry_delay_seconds=delay,
+            )
+            try:
+                runner.run(stages)
+            finally:
+                _tag_stage_runs(run.info.run_id, Path("dvc.lock"))
         metrics_file = Path(params.evaluate.metrics_file)
         if metrics_file.is_file():
             tracking.log_file(metrics_file)

@@ -2,7 +2,8 @@
 
 The deployment `evisrag-pipeline/<serve.deployment_name>` lives on the Prefect server named by PREFECT_API_URL;
 this process is its runner: it picks up scheduled runs and runs started from the UI or with
-`prefect deployment run`, one at a time (two `dvc repro` in one workspace would fight over DVC's lock).
+`prefect deployment run`, one at a time (two pipeline runs in one workspace would fight over DVC's lock).
+`evisrag deploy` (flows/deploy.py) registers the same deployment on a work pool instead, for a worker to run.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def deployment_options(params: Params, params_path: str = "params.yaml") -> dict
             "retries": cfg.retries,
             "retry_delay_seconds": cfg.retry_delay_seconds,
         },
-        "description": "dvc repro of the EVisRAG pipeline (stale stages only), logged to MLflow",
+        "description": "the EVisRAG pipeline: its DVC stages as Prefect tasks (stale ones run), logged to MLflow",
         "tags": ["evisrag"],
     }
 

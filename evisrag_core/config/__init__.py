@@ -9,7 +9,7 @@ Profiles (`sft.profile`, `rsgrpo.profile`, `predict.profile`) are YAML overlays 
 in the params file wins over the profile (the rule in full: config/profiles.py).
 
     base.py       the shared base model, pixel units, pixel-range check
-    sections.py   data, model, predict (profiled), evaluate, report, tracking, serve
+    sections.py   data, model, predict (profiled), evaluate, report, tracking, pipeline, serve
     training.py   sft and rsgrpo (profiled)
     profiles.py   the overlay rule and each value's source
     params.py     Params, reading and validating a params file
@@ -37,6 +37,7 @@ from evisrag_core.config.sections import (
     EmbeddedDataParams,
     EvaluateParams,
     ModelParams,
+    PipelineParams,
     PredictParams,
     ReportParams,
     ServeParams,
@@ -63,6 +64,7 @@ __all__ = [
     "OnBadRecord",
     "Params",
     "ParamsError",
+    "PipelineParams",
     "PlanError",
     "PredictParams",
     "PromptTemplate",

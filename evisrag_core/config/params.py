@@ -14,6 +14,7 @@ from evisrag_core.config.sections import (
     DataParams,
     EvaluateParams,
     ModelParams,
+    PipelineParams,
     PredictParams,
     ReportParams,
     ServeParams,
@@ -35,6 +36,7 @@ class Params(Section):
     evaluate: EvaluateParams = EvaluateParams()
     report: ReportParams = ReportParams()
     tracking: TrackingParams = TrackingParams()
+    pipeline: PipelineParams = PipelineParams()
     serve: ServeParams = ServeParams()
 
 

@@ -1,9 +1,9 @@
 """The sections of params.yaml outside training: data, model, predict (profiled: `predict.profile: reference`),
-evaluate, report, tracking, serve."""
+evaluate, report, tracking, pipeline, serve."""
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, model_validator
@@ -153,12 +153,25 @@ class TrackingParams(Section):
     tags: dict[str, str] = Field(default_factory=dict)
 
 
+class PipelineParams(Section):
+    """`evisrag pipeline`: each dvc.yaml stage runs as one task of the pipeline's Prefect flow run.
+
+    `retries` maps a stage name to how often it runs again after failing, e.g. {sft: 1, rsgrpo: 1}; a stage not named
+    gets the run's default (none for `evisrag pipeline`, serve.retries for a served or deployed run). A retried stage
+    starts again from DVC's point of view; sft and rsgrpo resume from their last checkpoint. Stage names are checked
+    against dvc.yaml when the pipeline starts (this library does not read dvc.yaml).
+    """
+
+    retries: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
+    retry_delay_seconds: float = Field(10.0, ge=0.0)
+
+
 class ServeParams(Section):
     """`evisrag serve`: the pipeline as a Prefect deployment `evisrag-pipeline/<deployment_name>`.
 
     `cron: null` serves it on demand only (UI "Run", `prefect deployment run`); a cron string such as "0 2 * * *"
-    adds that schedule. Each run retries `dvc repro` up to `retries` times; DVC then reruns only the stages that did
-    not finish.
+    adds that schedule. In each run, a stage that pipeline.retries does not name runs again up to `retries` times after
+    a failure, `retry_delay_seconds` apart.
     """
 
     deployment_name: str = Field("evisrag", min_length=1)

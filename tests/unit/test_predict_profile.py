@@ -109,7 +109,9 @@ def test_a_bad_predict_profile_backend_or_method_is_a_params_error(written: dict
         ("transformers", ".venv-vllm/bin/python not found", "transformers", None),
     ],
 )
-def test_auto_picks_vllm_only_where_its_environment_is_built(setting: str, problem: str | None, name: str, note: str | None) -> None:
+def test_auto_picks_vllm_only_where_its_environment_is_built(
+    setting: str, problem: str | None, name: str, note: str | None
+) -> None:
     choice = choose_backend(setting, problem)
     assert choice.name == name
     if note is None:
