@@ -143,7 +143,9 @@ def test_a_user_error_starts_no_prefect_or_mlflow_run(tmp_path: Path) -> None:
     for name in ("params.yaml", "dvc.yaml"):
         shutil.copy(REPO_ROOT / name, tmp_path / name)
     assert_one_user_error(_evisrag(["pipeline", "evalute"], tmp_path), "unknown stage evalute")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["dvc.yaml", "params.yaml"]  # no mlflow.db, no .prefect/
+    # no run database: importing prefect (flows/__init__.py) may make its empty home folder, nothing more
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
+    assert not list(tmp_path.glob(".prefect/*.db")), sorted(p.name for p in tmp_path.glob(".prefect/*"))
 
 
 @pytest.mark.slow
