@@ -38,11 +38,11 @@ from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.objects import FlowRunResult, TaskRunResult
 from prefect.context import FlowRunContext
 from prefect.logging.handlers import APILogHandler
-from prefect.states import AwaitingRetry, Completed, Failed, Pending, Retrying, Running
+from prefect.states import AwaitingRetry, Cancelled, Completed, Failed, Pending, Retrying, Running
 
 from evisrag_core.config import Params, load_params
 from evisrag_core.errors import UserError
-from flows import STAGE_FLOW_RUN_ENV, StageFlow, flow_run_name
+from flows import STAGE_FLOW_RUN_ENV, StageFlow, flow_run_name, refuse_user_errors
 from tasks import tracking
 
 if TYPE_CHECKING:
@@ -55,6 +55,11 @@ CACHED = "Cached"  # Prefect's own name for a run whose result came from a cache
 
 class StageSelectionError(UserError, ValueError):
     """`evisrag pipeline STAGE` or pipeline.retries names a stage dvc.yaml does not have (a user error)."""
+
+
+class StageRefusedError(UserError):
+    """A stage stopped on a user error (its flow run ended Refused, its command exited 2): the pipeline ends Refused
+    too, not Failed, and the CLI exits 2 with the stage's message (flows/__init__.py, refuse_user_errors)."""
 
 
 class StageFailedError(RuntimeError):
@@ -210,6 +215,10 @@ class StageRunner:
             except Exception as err:  # DVC's errors and the command's exit fail the stage's task, not this flow
                 message = f"{err}: {err.__cause__}" if err.__cause__ else str(err)
                 self._settle_unstarted(flow_run_id, message)
+                refusal = self._refusal(flow_run_id)
+                if refusal is not None:  # a user error: no retry, and nothing failed
+                    self.client.set_task_run_state(task_run_id, Cancelled(name="Refused", message=refusal), force=True)
+                    raise StageRefusedError(f"stage {stage} refused its input: {refusal}") from None
                 if attempt < retries:
                     logger.warning("stage %s failed (%s); retry %d of %d", stage, message, attempt + 1, retries)
                     self.client.set_task_run_state(task_run_id, AwaitingRetry(), force=True)
@@ -239,6 +248,15 @@ class StageRunner:
         )
         return created.id
 
+    def _refusal(self, flow_run_id: UUID | None) -> str | None:
+        """The user error a stage's flow run ended Refused with (refuse_user_errors), or None."""
+        if flow_run_id is None:
+            return None
+        state = self.client.read_flow_run(flow_run_id).state
+        if state is None or state.name != "Refused":
+            return None
+        return (state.message or "").removeprefix("user error: ")
+
     def _settle_unstarted(self, flow_run_id: UUID | None, message: str) -> None:
         """A stage process that failed before its flow started (e.g. a bad command) leaves its flow run Pending:
         mark it Failed so no run waits forever in the UI."""
@@ -264,6 +282,7 @@ def _tag_stage_runs(parent_run_id: str, lock_file: Path) -> None:
 
 
 @flow(name="evisrag-pipeline", flow_run_name=flow_run_name("pipeline"))
+@refuse_user_errors
 def pipeline_flow(
     params_path: str = "params.yaml",
     targets: list[str] | None = None,
@@ -280,7 +299,7 @@ def pipeline_flow(
     stages = plan_stages(params, targets)
     tracking.configure(params)
     tags = {**params.tracking.tags, "evisrag.git_commit": tracking.git_commit() or "unknown"}
-    with mlflow.start_run(run_name="pipeline", tags=tags) as run:
+    with mlflow.start_run(run_name="pipeline", tags=tags) as run, tracking.refused_on_user_error():
         mlflow.log_params(tracking.flatten(params.model_dump(mode="json")))
         env = stage_environment()
         env[tracking.PARENT_RUN_ENV] = run.info.run_id

@@ -220,3 +220,33 @@ def test_a_failed_stage_fails_its_task_and_the_stages_after_it_do_not_run(tmp_pa
     assert flaky.name == "flaky" and flaky.state_type.value == "FAILED"
     assert "exited with 3" in client.read_task_run_states(flaky.id)[-1].message
     assert not (tmp_path / "after.txt").exists()
+
+
+def test_a_stage_stopped_by_a_user_error_ends_the_pipeline_refused_not_failed(
+    tmp_path, make_repo, served, client
+) -> None:
+    """A stage's user error (here a local dataset folder that does not exist) is no incident: the stage's flow run,
+    its task and the pipeline end Refused (Cancelled type), the stage is not retried, the CLI exits 2 with the
+    stage's message, and MLflow's parent run ends KILLED."""
+    params = yaml.safe_load(_params({"download": 2}))
+    params["data"].update(source="local", local_dir="nowhere")
+    env = _project(tmp_path, make_repo, served, DOWNLOAD_THEN_COUNT, yaml.safe_dump(params, sort_keys=False))
+    result = _pipeline(tmp_path, env)
+    assert result.returncode == 2, result.stderr[-4000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: stage download refused its input: ") and "nowhere" in last
+    pipeline = _latest_pipeline_run(client)
+    assert (pipeline.state_type.value, pipeline.state_name) == ("CANCELLED", "Refused")
+    [download] = _stage_tasks(client, pipeline)
+    assert (download.state_type.value, download.state_name) == ("CANCELLED", "Refused")
+    assert "Retrying" not in [s.name for s in client.read_task_run_states(download.id)]
+    [stage_run] = _nested_flow_runs(client, download.id)
+    assert stage_run.state_name == "Refused"
+    script = (
+        "import json, mlflow; mlflow.set_tracking_uri('sqlite:///mlflow.db');"
+        "print(json.dumps({r.data.tags.get('mlflow.runName'): r.info.status for r in "
+        "mlflow.search_runs(experiment_names=['evisrag'], output_format='list')}))"
+    )
+    shown = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    statuses = json.loads(shown.stdout.strip().splitlines()[-1])
+    assert statuses["pipeline"] == "KILLED", statuses
