@@ -424,7 +424,11 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # a bad command line exits 2 here (ArgumentParser.error)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    level = logging.DEBUG if args.verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(message)s")
+    # Importing prefect (flows/__init__.py) already gave the root logger its console handler, which makes basicConfig
+    # a no-op: the level must still be set, or the library's INFO lines ("resuming from …") are dropped.
+    logging.getLogger().setLevel(level)
     for chatty in ("httpx", "httpcore", "alembic", "urllib3"):
         logging.getLogger(chatty).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
