@@ -33,6 +33,9 @@ def run_script(tmp_path: Path, *names: str) -> list[list[str]]:
     (project / "scripts").mkdir(parents=True)
     shutil.copy2(REPO_ROOT / "scripts" / "ablations.sh", project / "scripts" / "ablations.sh")
     shutil.copy2(REPO_ROOT / "params.yaml", project / "params.yaml")
+    # the offline plots page the script builds when make has not (`make plots-page`); the fake dvc never reads it
+    (project / ".dvc" / "plots").mkdir(parents=True)
+    (project / ".dvc" / "plots" / "offline.html").write_text("{plot_divs}")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "dvc").write_text(FAKE_DVC)
