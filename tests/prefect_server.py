@@ -19,6 +19,20 @@ from pathlib import Path
 
 import pytest
 
+# A two-stage project for the pipeline-on-a-server tests: the real `download` stage (a flow run of its own) and a
+# shell stage (a task only).
+DOWNLOAD_THEN_COUNT = """\
+stages:
+  download:
+    cmd: evisrag download
+    params: [seed, data]
+    outs: [data]
+  count:
+    cmd: ls -R data | wc -l > count.txt
+    deps: [data]
+    outs: [count.txt]
+"""
+
 
 def free_port() -> int:
     with socket.socket() as sock:

@@ -18,14 +18,10 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -34,7 +30,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from browser import FLAGS, chromium
 from conftest import MakeRepo, clean_env, small_params
+from prefect_server import free_port, start_group, stop_group, wait_until_up
 
 from evisrag_core.grounding import GROUNDING_KEYS
 from evisrag_core.metrics import METRIC_KEYS
@@ -47,73 +45,10 @@ DEPLOYMENT = "evisrag-pipeline/evisrag"
 STAGES = ["download", "model", "sft", "rsgrpo", "predict", "evaluate", "report"]
 pytestmark = pytest.mark.slow
 
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--hide-scrollbars",
-    "--window-size=1600,1000",
-]
+# The DevTools driver's flags (tests/browser.py) without its debugging port: these runs only dump or screenshot.
+CHROMIUM_FLAGS = [flag for flag in FLAGS if not flag.startswith("--remote-debugging-port")]
 # Virtual time lets the single-page apps fetch and render before the snapshot, without a fixed sleep.
 VIRTUAL_TIME_BUDGETS_MS = (20_000, 60_000, 120_000)
-
-
-def _chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found:
-        return found
-    message = "Debian's chromium is not installed (apt-get install -y chromium; .ci/run installs it)"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _start_group(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> subprocess.Popen:
-    """Start a server in its own process group: mlflow server and prefect's runner leave children behind otherwise."""
-    with log.open("wb") as out:
-        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _stop_group(proc: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            # The leader is gone; children of the group may linger a moment longer.
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def _wait_until_up(url: str, proc: subprocess.Popen, log: Path, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"{proc.args} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(1)
-    pytest.fail(f"{url} did not answer within {timeout} s:\n{log.read_text()[-3000:]}")
 
 
 def _post_json(url: str, body: dict) -> dict:
@@ -152,24 +87,24 @@ class Stack:
 
 
 def _wait_for_deployment(api: str, proc: subprocess.Popen, log: Path, timeout: float = 600) -> None:
-    _wait_until_up(f"{api}/deployments/name/{DEPLOYMENT}", proc, log, timeout)
+    wait_until_up(f"{api}/deployments/name/{DEPLOYMENT}", proc, log, timeout)
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, make_repo: MakeRepo) -> Iterator[Stack]:
-    _chromium()  # skip (or fail under CI) before minutes of pipeline, not after
+    chromium()  # skip (or fail under CI) before minutes of pipeline, not after
     base = tmp_path_factory.mktemp("ui")
     root, env = base / "project", clean_env()
     params = yaml.safe_load(small_params())
     params["serve"].update(retries=0, retry_delay_seconds=0)
-    prefect_port, mlflow_port = _free_port(), _free_port()
+    prefect_port, mlflow_port = free_port(), free_port()
     prefect_url, mlflow_url = f"http://127.0.0.1:{prefect_port}", f"http://127.0.0.1:{mlflow_port}"
     env_prefect = env | {"PREFECT_HOME": str(base / "prefect_home"), "PREFECT_API_URL": f"{prefect_url}/api"}
     started: list[subprocess.Popen] = []
     try:
         server_log, mlflow_log, serve_log = base / "prefect_server.log", base / "mlflow_server.log", base / "serve.log"
         started.append(
-            _start_group(
+            start_group(
                 ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
                 base,
                 env_prefect,
@@ -178,14 +113,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory, make_repo: MakeRepo) -> Iter
         )
         mlflow_cmd = ["mlflow", "server", "--host", "127.0.0.1", "--port", str(mlflow_port)]
         mlflow_cmd += ["--backend-store-uri", f"sqlite:///{base / 'mlflow.db'}", "--workers", "1"]
-        started.append(_start_group(mlflow_cmd, base, env, mlflow_log))
+        started.append(start_group(mlflow_cmd, base, env, mlflow_log))
 
         params["tracking"]["mlflow_tracking_uri"] = mlflow_url
         make_repo(root, checkout=True, files={"params.yaml": yaml.safe_dump(params, sort_keys=False)})
 
-        _wait_until_up(f"{prefect_url}/api/health", started[0], server_log)
-        _wait_until_up(f"{mlflow_url}/health", started[1], mlflow_log)
-        serve = _start_group(["evisrag", "serve"], root, env_prefect, serve_log)
+        wait_until_up(f"{prefect_url}/api/health", started[0], server_log, timeout=600)
+        wait_until_up(f"{mlflow_url}/health", started[1], mlflow_log, timeout=600)
+        serve = start_group(["evisrag", "serve"], root, env_prefect, serve_log)
         started.insert(0, serve)  # stopped first: it pauses its schedule through the server on shutdown
         _wait_for_deployment(f"{prefect_url}/api", serve, serve_log)
         # Generous: about two minutes on an idle 2-core machine, many times that when other work shares the cores.
@@ -194,14 +129,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory, make_repo: MakeRepo) -> Iter
         yield Stack(root, prefect_url, mlflow_url, watch)
     finally:
         for proc in started:
-            _stop_group(proc)
+            stop_group(proc)
 
 
 def _chromium_run(args: list[str], name: str) -> subprocess.CompletedProcess:
     profile = SCREENSHOTS / f".profile-{name}"
     shutil.rmtree(profile, ignore_errors=True)
     try:
-        command = [_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args]
+        command = [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args]
         return subprocess.run(command, capture_output=True, text=True, timeout=240, check=True)
     finally:
         shutil.rmtree(profile, ignore_errors=True)
@@ -341,7 +276,7 @@ def _render_offline(page: Path, name: str) -> str:
 
 
 def test_dvc_plots_render_with_the_network_off(tmp_path: Path, make_repo: MakeRepo) -> None:
-    _chromium()
+    chromium()
     root, env = tmp_path / "project", clean_env()
     make_repo(root, checkout=True)
     _plot_logs(root)
@@ -391,7 +326,7 @@ DVC_PAGE = """<!DOCTYPE html><html><head>{refresh_tag}<title>DVC Plot</title>{sc
 def test_report_metrics_table_fits_1400_px(tmp_path: Path) -> None:
     """Every metric column of seven benchmarks, as a hub run writes them, in a 1,400 px wide window: the table ends
     inside it and the page has no horizontal scroll."""
-    _chromium()
+    chromium()
     row = {k: 8 if k.startswith("cnt_") else 0.9876 for k in (*METRIC_KEYS, *GROUNDING_KEYS)}
     benches = ["ChartQA", "DocVQA", "InfoVQA", "MMQA", "SlideVQA", "ViDoSeek", "WebQA", "overall"]
     (tmp_path / "metrics.json").write_text(json.dumps({b: row for b in benches}))

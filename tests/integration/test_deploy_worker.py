@@ -16,21 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO_ROOT, MakeRepo, clean_env
-from prefect_server import prefect_server, start_group, stop_group
+from prefect_server import DOWNLOAD_THEN_COUNT, prefect_server, start_group, stop_group
 
 pytestmark = pytest.mark.slow
 
-DVC_YAML = """\
-stages:
-  download:
-    cmd: evisrag download
-    params: [seed, data]
-    outs: [data]
-  count:
-    cmd: ls -R data | wc -l > count.txt
-    deps: [data]
-    outs: [count.txt]
-"""
 POOL = "evisrag-test-pool"
 DEPLOYMENT = "evisrag-pipeline/evisrag"
 
@@ -72,7 +61,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dic
 def test_a_process_worker_runs_the_deployed_pipeline(served, make_repo: MakeRepo) -> None:
     base, env = served
     root = base / "project"
-    files = {"dvc.yaml": DVC_YAML, "params.yaml": _params(), ".gitignore": "mlflow.db\nmlruns/\n"}
+    files = {"dvc.yaml": DOWNLOAD_THEN_COUNT, "params.yaml": _params(), ".gitignore": "mlflow.db\nmlruns/\n"}
     make_repo(root, files=files, dvc_init=True)
 
     deployed = _evisrag(["deploy", "--pool", POOL], root, env)

@@ -26,21 +26,10 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun, TaskRun
 from prefect.settings import PREFECT_API_URL, temporary_settings
-from prefect_server import prefect_server
+from prefect_server import DOWNLOAD_THEN_COUNT, prefect_server
 
 pytestmark = pytest.mark.slow
 
-DOWNLOAD_THEN_COUNT = """\
-stages:
-  download:
-    cmd: evisrag download
-    params: [seed, data]
-    outs: [data]
-  count:
-    cmd: ls -R data | wc -l > count.txt
-    deps: [data]
-    outs: [count.txt]
-"""
 
 # `flaky` fails on its first attempt and succeeds on the second; `after` needs its output.
 FLAKY_THEN_AFTER = """\
