@@ -23,6 +23,7 @@ import datetime as dt
 import json
 import logging
 import shlex
+import shutil
 import statistics
 import sys
 import time
@@ -133,6 +134,15 @@ def build_base(params: Params, data_dir: Path, out: Path) -> Path:
     return build_tiny_model(
         out, params.model.tiny, texts, params.seed, params.predict.min_pixels, params.predict.max_pixels
     )
+
+
+def with_processor(model_dir: Path, base: Path) -> Path:
+    """A Trainer checkpoint holds the weights only; SFT does not change the processor, so the base model's files
+    complete it (copied in; the checkpoint folder is a calibration copy, not a live run's)."""
+    for source in base.iterdir():
+        if source.is_file() and not (model_dir / source.name).exists():
+            shutil.copyfile(source, model_dir / source.name)
+    return model_dir
 
 
 # --- evaluation ----------------------------------------------------------------------------------------------------
@@ -334,6 +344,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--arms", nargs="+", choices=sorted(ARMS), help="default: all four")
     parser.add_argument("--sft-only", action="store_true", help="data, base model, SFT and its test scores only")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    parser.add_argument(
+        "--evaluate",
+        type=Path,
+        metavar="MODEL_DIR",
+        help="only score this model on the study's test set and print the metrics (SFT calibration, e.g. a "
+        "checkpoint; a folder without processor files takes them from <out>/models/base)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     started = time.perf_counter()
@@ -347,6 +364,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     data_dir = out / "data"
     write_data(params, data_dir)
     base = build_base(params, data_dir, out / "models" / "base")
+    if args.evaluate:
+        rows = evaluate_model(params, with_processor(args.evaluate, base), data_dir)
+        print(json.dumps({"model": str(args.evaluate), **means(rows), "per_split": per_split_means(rows)}))
+        return 0
     if not args.no_mlflow:
         setup_tracking(params, args.quick)
     sft = run_sft(params, data_dir, base, out / "sft")
