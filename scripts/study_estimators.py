@@ -66,7 +66,7 @@ METRICS = ("em", "accuracy", "evidence_f1", "format")  # per question; the JSON'
 SEEDS = (0, 1, 2, 3, 4)
 # --quick: the smallest run that walks every code path (2 seeds, 3 RL steps, a few questions; < ~3 min on 2 cores)
 QUICK_DATA = {"n_sft": 48, "n_rl": 24, "n_test_per_split": 4}
-QUICK_SFT = {"max_steps": 6, "save_steps": 1000, "logging_steps": 2, "warmup_steps": 0}
+QUICK_SFT = {"max_steps": 6, "stop_at_step": None, "save_steps": 1000, "logging_steps": 2, "warmup_steps": 0}
 # An SFT model of 6 steps fails every reward, so online filtering would drop every group for 20 rounds per step.
 QUICK_RSGRPO = {
     "steps": 3,
