@@ -20,8 +20,12 @@ from evisrag_core.config.profiles import ProfiledSection
 
 
 class EmbeddedDataParams(Section):
-    """The generated default dataset: colour questions over K simple images (see evisrag_core.data.generator)."""
+    """The generated default dataset: colour questions over K simple images (see evisrag_core.data.generator).
 
+    `world: hard` writes the estimator study's world instead (evisrag_core.data.hard_world; splits HardSquare,
+    HardBackground, TwoSquares; docs/study_estimators.md)."""
+
+    world: Literal["default", "hard"] = "default"
     image_size: int = Field(112, ge=28, le=1024)
     images_per_question: int = Field(3, ge=1, le=5)
     insufficient_fraction: float = Field(0.2, ge=0.0, le=1.0)

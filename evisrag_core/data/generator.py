@@ -135,7 +135,7 @@ def make_question(rng: random.Random, split: str, qid: str, k: int, insufficient
     return Question(qid, split, task.query, panels, task.value(panels[target]), (target + 1,))
 
 
-def _jitter(rgb: tuple[int, int, int], rng: random.Random, amount: int = 18) -> tuple[int, ...]:
+def jitter(rgb: tuple[int, int, int], rng: random.Random, amount: int = 18) -> tuple[int, ...]:
     return tuple(max(0, min(255, c + rng.randint(-amount, amount))) for c in rgb)
 
 
@@ -145,9 +145,17 @@ FRAME_RGB = (0, 0, 0)
 def render_panel(panel: Panel, size: int, rng: random.Random) -> Image.Image:
     """A flat background, with the panel's square (if any) near the centre in a black frame; shades, size and
     position jittered."""
-    image = Image.new("RGB", (size, size), _jitter(COLOURS[panel.background], rng))
+    image = Image.new("RGB", (size, size), jitter(COLOURS[panel.background], rng))
     if panel.square is None:
         return image
+    return draw_framed_square(image, rng, COLOURS[panel.square], FRAME_RGB)
+
+
+def draw_framed_square(
+    image: Image.Image, rng: random.Random, square_rgb: tuple[int, int, int], frame_rgb: tuple[int, int, int]
+) -> Image.Image:
+    """Draw a square of `square_rgb` (shade jittered) in a `frame_rgb` frame near the centre of `image`."""
+    size = image.width
     # Side 1/2..4/7 of the image, placed so that it always covers the central half [size/4, 3·size/4). The black
     # frame makes "this image holds a square" a colour present in the image (no named colour is dark), which a tiny
     # vision tower detects directly; without it, presence means "some patch differs from the rest", which it did
@@ -157,9 +165,9 @@ def render_panel(panel: Panel, size: int, rng: random.Random) -> Image.Image:
     lowest, highest = max(0, size - size // 4 - side), size // 4
     left, top = rng.randint(lowest, highest), rng.randint(lowest, highest)
     draw = ImageDraw.Draw(image)
-    draw.rectangle([left, top, left + side - 1, top + side - 1], fill=FRAME_RGB)
+    draw.rectangle([left, top, left + side - 1, top + side - 1], fill=frame_rgb)
     inner = [left + frame, top + frame, left + side - 1 - frame, top + side - 1 - frame]
-    draw.rectangle(inner, fill=_jitter(COLOURS[panel.square], rng))
+    draw.rectangle(inner, fill=jitter(square_rgb, rng))
     return image
 
 
@@ -190,9 +198,13 @@ def tagged_response(question: Question) -> str:
 
 def tagged_ground_truth(question: Question) -> str:
     """The RL ground truth: the evidence and answer blocks the rewards compare against (spec §2)."""
-    response = tagged_response(question)
+    return ground_truth_of(tagged_response(question), question.answer)
+
+
+def ground_truth_of(response: str, answer: str) -> str:
+    """The evidence block of a tagged response, then `<answer>answer</answer>`: what an RL row's `answer` holds."""
     evidence = response[response.index("<evidence>") : response.index("</evidence>") + len("</evidence>")]
-    return f"{evidence}\n<answer>{question.answer}</answer>"
+    return f"{evidence}\n<answer>{answer}</answer>"
 
 
 @dataclass(frozen=True)
@@ -213,17 +225,20 @@ def _questions(spec: GeneratorSpec, split_names: list[str], count: int, prefix: 
         yield make_question(rng, split, f"{prefix}-{index:05d}", spec.images_per_question, insufficient)
 
 
-def _write_images(question: Question, folder: Path, spec: GeneratorSpec) -> list[str]:
+Render = Callable[[Any, int, random.Random], Image.Image]
+
+
+def _write_images(question: Any, folder: Path, spec: GeneratorSpec, render: Render = render_panel) -> list[str]:
     rng = random.Random(f"{spec.seed}-img-{question.qid}")
     paths = []
     for i, panel in enumerate(question.panels):
         relative = f"images/{question.qid}_{i + 1}.png"
-        render_panel(panel, spec.image_size, rng).save(folder / relative, format="PNG")
+        render(panel, spec.image_size, rng).save(folder / relative, format="PNG")
         paths.append(relative)
     return paths
 
 
-def test_row(question: Question, images: list[str]) -> dict[str, Any]:
+def test_row(question: Any, images: list[str]) -> dict[str, Any]:
     """A `top3_test.jsonl` row; `positives` lets evaluation score evidence grounding."""
     return {
         "qid": question.qid,
@@ -235,19 +250,22 @@ def test_row(question: Question, images: list[str]) -> dict[str, Any]:
     }
 
 
-def user_text(question: Question, image_count: int, template: str = "model_card") -> str:
+def user_text(question: Any, image_count: int, template: str = "model_card") -> str:
     """The whole user text of a training record: the evidence prompt, then one `<image>` marker per image."""
     return evidence_prompt(question.query, template) + IMAGE_PLACEHOLDER * image_count
 
 
-def sft_record(question: Question, images: list[str], template: str = "model_card") -> dict[str, Any]:
-    """A LLaMA-Factory sharegpt conversation: system turn, user turn (`user_text`), the tagged answer."""
+def sft_record(
+    question: Any, images: list[str], template: str = "model_card", response: str | None = None
+) -> dict[str, Any]:
+    """A LLaMA-Factory sharegpt conversation: system turn, user turn (`user_text`), the tagged answer (`response`:
+    another world's tagged response; by default this world's `tagged_response`)."""
     return {
         "id": question.qid,
         "messages": [
             {"role": "system", "content": DEFAULT_SYSTEM},
             {"role": "user", "content": user_text(question, len(images), template)},
-            {"role": "assistant", "content": tagged_response(question)},
+            {"role": "assistant", "content": tagged_response(question) if response is None else response},
         ],
         "images": images,
     }
@@ -266,22 +284,25 @@ def llamafactory_dataset_info() -> dict[str, Any]:
     }
 
 
-def rl_record(question: Question, images: list[str]) -> dict[str, Any]:
-    """An EasyR1 row: `prompt` is the whole user text (`user_text`), `answer` the tagged ground truth."""
+def rl_record(question: Any, images: list[str], ground_truth: str | None = None) -> dict[str, Any]:
+    """An EasyR1 row: `prompt` is the whole user text (`user_text`), `answer` the tagged ground truth
+    (`ground_truth`: another world's; by default this world's `tagged_ground_truth`)."""
     return {
         "id": question.qid,
         "prompt": user_text(question, len(images)),
         "image": images,
-        "answer": tagged_ground_truth(question),
+        "answer": tagged_ground_truth(question) if ground_truth is None else ground_truth,
         "is_sufficient": question.is_sufficient,
     }
 
 
-def _write_split(folder: Path, file_name: str, questions, spec: GeneratorSpec, to_row, progress) -> int:
+def write_split(
+    folder: Path, file_name: str, questions, spec: GeneratorSpec, to_row, progress, render: Render = render_panel
+) -> int:
     (folder / "images").mkdir(parents=True, exist_ok=True)
     rows = []
     for question in questions:
-        rows.append(to_row(question, _write_images(question, folder, spec)))
+        rows.append(to_row(question, _write_images(question, folder, spec, render)))
         progress(1)
     write_jsonl_atomic(folder / file_name, rows)
     return len(rows)
@@ -303,12 +324,12 @@ def generate_dataset(
     counts: dict[str, int] = {}
     for split in splits:
         questions = _questions(spec, [split], n_test_per_split, f"test-{split}")
-        counts[f"test/{split}"] = _write_split(out_dir / "test" / split, TEST_FILE, questions, spec, test_row, progress)
+        counts[f"test/{split}"] = write_split(out_dir / "test" / split, TEST_FILE, questions, spec, test_row, progress)
     train = out_dir / "train"
-    counts["train/sft"] = _write_split(
+    counts["train/sft"] = write_split(
         train, SFT_FILE, _questions(spec, splits, n_sft, "sft"), spec, sft_record, progress
     )
-    counts["train/rl"] = _write_split(train, RL_FILE, _questions(spec, splits, n_rl, "rl"), spec, rl_record, progress)
+    counts["train/rl"] = write_split(train, RL_FILE, _questions(spec, splits, n_rl, "rl"), spec, rl_record, progress)
     write_json_atomic(train / LLAMAFACTORY_INFO_FILE, llamafactory_dataset_info())
     manifest = {
         "source": "embedded",
