@@ -236,8 +236,9 @@ def cmd_prompt(args: argparse.Namespace) -> int:
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
     check_stage_targets(args.targets, Path("dvc.yaml"))  # before the flow run and its MLflow parent run start
-    from flows.pipeline import pipeline_flow, plan_stages
+    from flows.pipeline import check_pipeline_params, pipeline_flow, plan_stages
 
+    check_pipeline_params(args.params)
     plan_stages(load_params(args.params), args.targets)  # unknown stages in pipeline.retries too, before any run
     metrics = pipeline_flow(targets=args.targets, force=args.force)
     if metrics:
@@ -246,8 +247,10 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from flows.pipeline import check_pipeline_params
     from flows.serve import serve
 
+    check_pipeline_params(args.params)
     serve(load_params(args.params), str(args.params))  # NoServerError (exit 2) without a Prefect server
     return 0
 

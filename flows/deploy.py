@@ -50,9 +50,10 @@ def deploy(
     """
     from prefect.deployments.runner import EntrypointType
 
-    from flows.pipeline import pipeline_flow
+    from flows.pipeline import check_pipeline_params, pipeline_flow
     from flows.serve import deployment_options
 
+    check_pipeline_params(Path(working_dir, params_path), working_dir)  # where the worker runs it
     params = load_params(params_path)
     if cron is not None:
         try:  # the checks a cron in params.yaml gets

@@ -57,6 +57,22 @@ class StageSelectionError(UserError, ValueError):
     """`evisrag pipeline STAGE` or pipeline.retries names a stage dvc.yaml does not have (a user error)."""
 
 
+class PipelineParamsError(UserError, ValueError):
+    """`evisrag --params OTHER.yaml pipeline`: the pipeline's stages are dvc.yaml's, and DVC reads params.yaml."""
+
+
+def check_pipeline_params(params_path: str | Path, root: str | Path = ".") -> None:
+    """The pipeline runs `dvc repro`, whose stages read the project's params.yaml (dvc.yaml's `params:`); another
+    params file would be checked and logged here while the stages ran with params.yaml, so it is refused."""
+    project_params = Path(root, "params.yaml").resolve()
+    if Path(params_path).resolve() != project_params:
+        raise PipelineParamsError(
+            f"the pipeline runs the DVC stages of dvc.yaml, which read {project_params.name} only, not "
+            f"{params_path}; copy it there (`cp {params_path} params.yaml`: DVC then runs the stages whose params "
+            f"changed) or run one stage with it (`evisrag --params {params_path} sft`)"
+        )
+
+
 class StageRefusedError(UserError):
     """A stage stopped on a user error (its flow run ended Refused, its command exited 2): the pipeline ends Refused
     too, not Failed, and the CLI exits 2 with the stage's message (flows/__init__.py, refuse_user_errors)."""
@@ -295,6 +311,7 @@ def pipeline_flow(
     the pause before a retry (default pipeline.retry_delay_seconds)."""
     from dvc.repo import Repo, lock_repo
 
+    check_pipeline_params(params_path)
     params = load_params(params_path)
     stages = plan_stages(params, targets)
     tracking.configure(params)

@@ -48,6 +48,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("user_errors")
     for name in ("params.yaml", "dvc.yaml"):
         shutil.copy(REPO_ROOT / name, root / name)
+    shutil.copy(REPO_ROOT / "params.yaml", root / "other.yaml")  # valid, but not the file DVC's stages read
     (root / "syntax.yaml").write_text("seed: 0\npredict:\n  temperature: [0.5\n", encoding="utf-8")
     (root / "empty.yaml").write_text("", encoding="utf-8")
     (root / "list.yaml").write_text("- seed: 0\n", encoding="utf-8")
@@ -83,6 +84,8 @@ CASES = [
     # pipeline
     ("unknown-stage", ["pipeline", "trian"], "unknown stage trian; the stages of dvc.yaml are: download, model"),
     ("pipeline-bad-flag", ["pipeline", "--frce"], "unrecognized arguments: --frce; see `evisrag --help`"),
+    ("pipeline-other-params", ["--params", "other.yaml", "pipeline"], "read params.yaml only, not other.yaml; copy"),
+    ("serve-other-params", ["--params", "other.yaml", "serve"], "read params.yaml only, not other.yaml; copy"),
     # stage inputs named on the command line: checked before the flow run starts
     ("predict-missing-data", ["predict", "--data", "nowhere"], "the dataset folder (--data or data.out_dir) nowhere"),
     ("predict-missing-model", ["predict", "--data", "data", "--model", "nomodel"], "model folder nomodel"),
