@@ -36,16 +36,16 @@ import argparse
 import importlib
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-import yaml
-
 import flows  # noqa: F401  (sets Prefect's project-local defaults before prefect is imported)
 from evisrag_core.config import DEFAULT_PARAMS, load_params
 from evisrag_core.errors import InputNotFoundError, UserError
+
+# Helpers (flows/ranks.py, flows/metrics_table.py) are imported inside the commands that use them: a module this file
+# imports at the top joins every stage's DVC deps (tests/unit/test_dvc_deps.py).
 
 # The commands that run pipeline stages: their params file is validated before anything starts.
 PIPELINE_COMMANDS = ("download", "model", "sft", "rsgrpo", "predict", "evaluate", "report", "pipeline", "deploy")
@@ -71,11 +71,6 @@ def _stage_command(name: str):
     return run
 
 
-def launch_rank() -> int:
-    """This process's global rank under `torchrun` (its RANK variable); 0 in an ordinary run."""
-    return int(os.environ.get("RANK", "0"))
-
-
 def cmd_sft(args: argparse.Namespace) -> int:
     return _training_stage(args, "sft")
 
@@ -91,6 +86,8 @@ def _training_stage(args: argparse.Namespace, stage: str) -> int:
     (evisrag_core/<stage>/preflight.py) without loading a model."""
     if args.dry_run:
         return _dry_run(args, stage)
+    from flows.ranks import end_worker_rank, launch_rank
+
     if launch_rank() > 0:
         worker = importlib.import_module(f"tasks.{stage}").train_on_worker_rank
         worker(load_params(args.params))
@@ -159,6 +156,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     preds = args.preds or params.predict.out_dir
     require_path(preds, "the predictions (--preds or predict.out_dir)", "evisrag predict")
     from flows.evaluate import evaluate_flow
+    from flows.metrics_table import format_metrics
 
     metrics = evaluate_flow(
         params_path=str(args.params), data_dir=args.data, preds_dir=args.preds, metrics_file=args.out
@@ -235,11 +233,12 @@ def cmd_prompt(args: argparse.Namespace) -> int:
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
-    check_stage_targets(args.targets, Path("dvc.yaml"))  # before the flow run and its MLflow parent run start
+    from flows.metrics_table import format_metrics
     from flows.pipeline import check_pipeline_params, pipeline_flow, plan_stages
 
+    # Before the flow run and its MLflow parent run start: the params file, the stage names, pipeline.retries.
     check_pipeline_params(args.params)
-    plan_stages(load_params(args.params), args.targets)  # unknown stages in pipeline.retries too, before any run
+    plan_stages(load_params(args.params), args.targets)
     metrics = pipeline_flow(targets=args.targets, force=args.force)
     if metrics:
         print(format_metrics(metrics))
@@ -256,27 +255,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
+    from flows.metrics_table import format_metrics, read_metrics_file
+
     params = load_params(args.params)
     path = Path(args.file or params.evaluate.metrics_file)
     print(format_metrics(read_metrics_file(path)))
     return 0
-
-
-def read_metrics_file(path: Path) -> dict[str, dict[str, Any]]:
-    """A metrics file as `evisrag evaluate` writes it: {benchmark: {metric: number}}; UserError for anything else."""
-    if not path.is_file():
-        raise InputNotFoundError(f"{path} not found; run `evisrag pipeline` (or `dvc repro`) first")
-    expected = "a JSON object {benchmark: {metric: value}}, as `evisrag evaluate` writes (metrics.json)"
-    try:
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"{path} is not JSON ({err}); expected {expected}") from None
-    if not isinstance(metrics, dict) or not metrics:
-        raise UserError(f"{path} holds a {type(metrics).__name__}, not a metrics table; expected {expected}")
-    bad = [name for name, row in metrics.items() if not isinstance(row, dict)]
-    if bad:
-        raise UserError(f"{path}: {', '.join(map(repr, bad[:3]))} is not an object of metrics; expected {expected}")
-    return metrics
 
 
 def require_path(path: str | Path, what: str, produced_by: str) -> None:
@@ -285,47 +269,10 @@ def require_path(path: str | Path, what: str, produced_by: str) -> None:
         raise InputNotFoundError(f"{what} {path} not found; run `{produced_by}` first or pass another path")
 
 
-def check_stage_targets(targets: list[str], dvc_file: Path) -> None:
-    """`evisrag pipeline STAGE ...`: every target is a stage of dvc.yaml (or `dvc.yaml:STAGE`, or a path DVC
-    accepts), checked before a Prefect flow run or an MLflow run starts, so a typo is not a failed run."""
-    if not dvc_file.is_file():
-        raise InputNotFoundError(f"{dvc_file} not found; run `evisrag pipeline` from the project root")
-    try:
-        stages = list((yaml.safe_load(dvc_file.read_text(encoding="utf-8")) or {}).get("stages", {}))
-    except yaml.YAMLError as err:
-        raise UserError(f"{dvc_file} is not valid YAML ({_one_line(err)}); fix it or restore it with git") from None
-    unknown = [t for t in targets if t.removeprefix(f"{dvc_file}:") not in stages and not Path(t).exists()]
-    if unknown:
-        raise UserError(f"unknown stage {', '.join(unknown)}; the stages of {dvc_file} are: {', '.join(stages)}")
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
-
-
 def cmd_compare(args: argparse.Namespace) -> int:
     from flows.compare import cmd_compare as run_compare  # imports mlflow: only when the command runs
 
     return run_compare(args)
-
-
-def format_metrics(metrics: dict[str, Any]) -> str:
-    """One row per benchmark (overall last), the metric keys as columns."""
-    import pandas as pd
-
-    from evisrag_core.grounding import GROUNDING_KEYS
-    from evisrag_core.metrics import METRIC_KEYS
-
-    table = pd.DataFrame.from_dict(metrics, orient="index")
-    order = [c for c in (*METRIC_KEYS, *GROUNDING_KEYS) if c in table.columns]
-    table = table[order + [c for c in table.columns if c not in order]]
-    rows = sorted(table.index, key=lambda name: (name == "overall", name))
-    table = table.loc[rows]
-    counts = [c for c in table.columns if c.startswith("cnt_")]
-    table[counts] = table[counts].fillna(0).astype(int)
-    # Grounding means a benchmark cannot have (no marked positive images) are absent: shown as n/a, not 0.
-    with pd.option_context("display.float_format", "{:.4f}".format, "display.width", 250):
-        return table.to_string(na_rep="n/a")
 
 
 SHOW_SETTINGS = "print every setting the stage reads, with its source, and the command; run nothing"
@@ -443,28 +390,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     finally:
+        from flows.ranks import leave_process_group
+
         leave_process_group()
-
-
-def end_worker_rank() -> NoReturn:
-    """End a torchrun worker rank (RANK > 0) once its share is trained and written, without the interpreter's exit:
-    left to exit-time teardown, a finished worker rank now and then aborted ("terminate called without an active
-    exception", SIGABRT, after writing its shards; seen in a CI run on 2026-12-06 even with the process group torn
-    down first), and torchrun then fails the whole stage. Every collective is behind it and rank 0 writes every
-    output, so nothing is lost by skipping native destructors."""
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-
-
-def leave_process_group() -> None:
-    """Under torchrun, tear the process group down before the interpreter exits. Left to exit-time destructors, a
-    rank that has finished its work can abort ("terminate called without an active exception", SIGABRT) and
-    torchrun then fails the whole run."""
-    torch = sys.modules.get("torch")  # never import torch (seconds) for a stage that did not use it
-    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from prefect.logging.handlers import APILogHandler
 from prefect.states import AwaitingRetry, Cancelled, Completed, Failed, Pending, Retrying, Running
 
 from evisrag_core.config import Params, load_params
-from evisrag_core.errors import UserError
+from evisrag_core.errors import InputNotFoundError, UserError
 from flows import STAGE_FLOW_RUN_ENV, StageFlow, flow_run_name, refuse_user_errors
 from tasks import tracking
 
@@ -99,6 +99,25 @@ def stage_environment() -> dict[str, str]:
     return env
 
 
+def check_stage_targets(targets: list[str], dvc_file: Path) -> None:
+    """Every target is a stage of dvc.yaml (or `dvc.yaml:STAGE`, or a path DVC accepts); a missing or broken dvc.yaml
+    is said as such, not as DVC's own error."""
+    if not dvc_file.is_file():
+        raise InputNotFoundError(f"{dvc_file.name} not found; run `evisrag pipeline` from the project root")
+    try:
+        stages = list((yaml.safe_load(dvc_file.read_text(encoding="utf-8")) or {}).get("stages", {}))
+    except yaml.YAMLError as err:
+        raise StageSelectionError(
+            f"{dvc_file.name} is not valid YAML ({' '.join(str(err).split())}); fix it or restore it with git"
+        ) from None
+    known = [t for t in targets if t.removeprefix(f"{dvc_file.name}:") in stages or Path(dvc_file.parent, t).exists()]
+    unknown = [t for t in targets if t not in known]
+    if unknown:
+        raise StageSelectionError(
+            f"unknown stage {', '.join(unknown)}; the stages of {dvc_file.name} are: {', '.join(stages)}"
+        )
+
+
 def plan_stages(params: Params, targets: list[str] | None, root: str | Path = ".") -> list[str]:
     """The stages `dvc repro [targets]` would visit, in its order (dvc.yaml's, for this project's chain).
     StageSelectionError for a target DVC does not know, or a stage in pipeline.retries that dvc.yaml does not have
@@ -108,6 +127,7 @@ def plan_stages(params: Params, targets: list[str] | None, root: str | Path = ".
     from dvc.repo import Repo
     from dvc.repo.reproduce import collect_stages, get_active_graph, plan_repro
 
+    check_stage_targets(targets or [], Path(root, "dvc.yaml"))
     with Repo(str(root)) as repo:
         known = [stage.addressing for stage in repo.index.stages]
         unknown = sorted(set(params.pipeline.retries) - set(known))

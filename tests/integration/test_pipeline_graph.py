@@ -71,9 +71,8 @@ def _project(root: Path, make_repo: MakeRepo, served: dict[str, str], dvc_yaml: 
 
 
 def _pipeline(root: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    """`evisrag pipeline ARGS`; `--params FILE` first, as the CLI wants it before the command."""
-    options = list(args[:2]) if args[:1] == ("--params",) else []
-    command = [sys.executable, "-m", "flows.cli", *options, "pipeline", *args[len(options) :]]
+    """`evisrag pipeline ARGS` in the project `root`."""
+    command = [sys.executable, "-m", "flows.cli", "pipeline", *args]
     return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -179,9 +178,13 @@ def test_stage_selection_runs_the_target_and_what_it_needs(client, project) -> N
 )
 def test_an_unknown_stage_is_refused_before_any_run(client, project, args, params, message) -> None:
     root, env = project
-    (root / "bad_params.yaml").write_text(_params(params))
+    good = (root / "params.yaml").read_text()
+    (root / "params.yaml").write_text(_params(params))  # the pipeline takes the project's params file only
     before = len(_pipeline_runs(client))
-    refused = _pipeline(root, env, "--params", "bad_params.yaml", *args)
+    try:
+        refused = _pipeline(root, env, *args)
+    finally:
+        (root / "params.yaml").write_text(good)
     assert refused.returncode == 2, refused.stderr[-4000:]
     assert message in refused.stderr
     assert "Traceback" not in refused.stderr
