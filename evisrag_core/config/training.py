@@ -12,18 +12,11 @@ from pydantic import Field, model_validator
 
 from evisrag_core.config.base import ImagePixels, OnBadRecord, PromptTemplate, check_pixel_range
 from evisrag_core.config.profiles import ProfiledSection
+from evisrag_core.config.reward_components import WEIGHTS
 
 Precision = Literal["auto", "on", "off"]  # bf16: auto uses it where the hardware has it (fp32 on CPU)
-# gdpo's weights w_k, in the reward components' order (evisrag_core/rsgrpo/rewards.REWARD_COMPONENTS): the overall
-# reward's emphasis, 3 for accuracy and evidence, 1 for the others (spec §9)
-GDPO_WEIGHTS: dict[str, float] = {
-    "accuracy": 3.0,
-    "evidence": 3.0,
-    "format": 1.0,
-    "overlong": 1.0,
-    "is_observe": 1.0,
-    "is_think": 1.0,
-}
+# gdpo's weights w_k by default: the overall reward's (3 for accuracy and evidence, 1 for the others; spec §9)
+GDPO_WEIGHTS: dict[str, float] = dict(WEIGHTS)
 
 
 class SFTParams(ProfiledSection):

@@ -30,17 +30,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from evisrag_core.config.reward_components import REWARD_COMPONENTS, WEIGHTS
 from evisrag_core.metrics import normalize_answer
-
-REWARD_COMPONENTS: tuple[str, ...] = ("accuracy", "evidence", "format", "overlong", "is_observe", "is_think")
-WEIGHTS: dict[str, float] = {
-    "accuracy": 3.0,
-    "evidence": 3.0,
-    "format": 1.0,
-    "overlong": 1.0,
-    "is_observe": 1.0,
-    "is_think": 1.0,
-}
 
 NO_RELEVANT_INFORMATION = "no relevant information"
 MAX_EVIDENCE_IMAGES = 6  # the reference scores images [1]..[6]; a 7th is never read
