@@ -412,7 +412,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "interval": "two-level percentile bootstrap over seeds and questions, paired by seed and question "
         "(evisrag_core.stats.paired_bootstrap; docs/study_estimators.md)",
         "budget": {
-            "sft": {k: getattr(params.sft, k) for k in ("max_steps", "learning_rate", "per_device_train_batch_size")},
+            "sft": {
+                k: getattr(params.sft, k)
+                for k in ("max_steps", "stop_at_step", "learning_rate", "per_device_train_batch_size")
+            },
             "rsgrpo": {k: getattr(params.rsgrpo, k) for k in ("steps", "rollout_batch_size", "n", "learning_rate")},
         },
         "wall_seconds": round(time.perf_counter() - started, 1),
