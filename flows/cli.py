@@ -234,7 +234,8 @@ def cmd_prompt(args: argparse.Namespace) -> int:
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
     from flows.metrics_table import format_metrics
-    from flows.pipeline import check_pipeline_params, pipeline_flow, plan_stages
+    from flows.pipeline import pipeline_flow
+    from flows.stage_plan import check_pipeline_params, plan_stages
 
     # Before the flow run and its MLflow parent run start: the params file, the stage names, pipeline.retries.
     check_pipeline_params(args.params)
@@ -246,8 +247,8 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from flows.pipeline import check_pipeline_params
     from flows.serve import serve
+    from flows.stage_plan import check_pipeline_params
 
     check_pipeline_params(args.params)
     serve(load_params(args.params), str(args.params))  # NoServerError (exit 2) without a Prefect server

@@ -50,8 +50,9 @@ def deploy(
     """
     from prefect.deployments.runner import EntrypointType
 
-    from flows.pipeline import check_pipeline_params, pipeline_flow
+    from flows.pipeline import pipeline_flow
     from flows.serve import deployment_options
+    from flows.stage_plan import check_pipeline_params
 
     check_pipeline_params(Path(working_dir, params_path), working_dir)  # where the worker runs it
     params = load_params(params_path)

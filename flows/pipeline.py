@@ -23,10 +23,14 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -40,9 +44,10 @@ from prefect.context import FlowRunContext
 from prefect.logging.handlers import APILogHandler
 from prefect.states import AwaitingRetry, Cancelled, Completed, Failed, Pending, Retrying, Running
 
-from evisrag_core.config import Params, load_params
-from evisrag_core.errors import InputNotFoundError, UserError
+from evisrag_core.config import load_params
+from evisrag_core.errors import UserError
 from flows import STAGE_FLOW_RUN_ENV, StageFlow, flow_run_name, refuse_user_errors
+from flows.stage_plan import check_pipeline_params, plan_stages
 from tasks import tracking
 
 if TYPE_CHECKING:
@@ -51,26 +56,6 @@ if TYPE_CHECKING:
 
 UP_TO_DATE = "Up to date"
 CACHED = "Cached"  # Prefect's own name for a run whose result came from a cache
-
-
-class StageSelectionError(UserError, ValueError):
-    """`evisrag pipeline STAGE` or pipeline.retries names a stage dvc.yaml does not have (a user error)."""
-
-
-class PipelineParamsError(UserError, ValueError):
-    """`evisrag --params OTHER.yaml pipeline`: the pipeline's stages are dvc.yaml's, and DVC reads params.yaml."""
-
-
-def check_pipeline_params(params_path: str | Path, root: str | Path = ".") -> None:
-    """The pipeline runs `dvc repro`, whose stages read the project's params.yaml (dvc.yaml's `params:`); another
-    params file would be checked and logged here while the stages ran with params.yaml, so it is refused."""
-    project_params = Path(root, "params.yaml").resolve()
-    if Path(params_path).resolve() != project_params:
-        raise PipelineParamsError(
-            f"the pipeline runs the DVC stages of dvc.yaml, which read {project_params.name} only, not "
-            f"{params_path}; copy it there (`cp {params_path} params.yaml`: DVC then runs the stages whose params "
-            f"changed) or run one stage with it (`evisrag --params {params_path} sft`)"
-        )
 
 
 class StageRefusedError(UserError):
@@ -99,49 +84,6 @@ def stage_environment() -> dict[str, str]:
     return env
 
 
-def check_stage_targets(targets: list[str], dvc_file: Path) -> None:
-    """Every target is a stage of dvc.yaml (or `dvc.yaml:STAGE`, or a path DVC accepts); a missing or broken dvc.yaml
-    is said as such, not as DVC's own error."""
-    if not dvc_file.is_file():
-        raise InputNotFoundError(f"{dvc_file.name} not found; run `evisrag pipeline` from the project root")
-    try:
-        stages = list((yaml.safe_load(dvc_file.read_text(encoding="utf-8")) or {}).get("stages", {}))
-    except yaml.YAMLError as err:
-        raise StageSelectionError(
-            f"{dvc_file.name} is not valid YAML ({' '.join(str(err).split())}); fix it or restore it with git"
-        ) from None
-    known = [t for t in targets if t.removeprefix(f"{dvc_file.name}:") in stages or Path(dvc_file.parent, t).exists()]
-    unknown = [t for t in targets if t not in known]
-    if unknown:
-        raise StageSelectionError(
-            f"unknown stage {', '.join(unknown)}; the stages of {dvc_file.name} are: {', '.join(stages)}"
-        )
-
-
-def plan_stages(params: Params, targets: list[str] | None, root: str | Path = ".") -> list[str]:
-    """The stages `dvc repro [targets]` would visit, in its order (dvc.yaml's, for this project's chain).
-    StageSelectionError for a target DVC does not know, or a stage in pipeline.retries that dvc.yaml does not have
-    (a typo there would silently mean "no retries"). Called before the flow starts too, so that a user error is one
-    message, not a failed run in Prefect and MLflow."""
-    from dvc.exceptions import DvcException
-    from dvc.repo import Repo
-    from dvc.repo.reproduce import collect_stages, get_active_graph, plan_repro
-
-    check_stage_targets(targets or [], Path(root, "dvc.yaml"))
-    with Repo(str(root)) as repo:
-        known = [stage.addressing for stage in repo.index.stages]
-        unknown = sorted(set(params.pipeline.retries) - set(known))
-        if unknown:
-            raise StageSelectionError(
-                f"pipeline.retries names {', '.join(unknown)}: not a stage of dvc.yaml ({', '.join(known)})"
-            )
-        try:
-            stages = collect_stages(repo, targets or ["dvc.yaml"])
-        except DvcException as err:
-            raise StageSelectionError(f"{err}; the stages of dvc.yaml are: {', '.join(known)}") from None
-        return [stage.addressing for stage in plan_repro(get_active_graph(repo.index.graph), stages)]
-
-
 def _stage_flow(dvc_stage: Stage) -> StageFlow | None:
     """The Prefect flow a stage's command runs (`evisrag <stage>` runs flows/<stage>.py's `<stage>_flow`), or None for
     a command of another kind, which then shows as its task alone."""
@@ -164,9 +106,42 @@ class _DvcOutcome(logging.Handler):
             self.restored = True
 
 
-def reproduce_stage(repo: Repo, stage: str, force: bool, env: dict[str, str]) -> str | None:
+@contextmanager
+def stage_output_to(emit: Callable[[str], None]) -> Iterator[None]:
+    """While open, the commands DVC runs write their stdout and stderr into a pipe whose lines go to `emit` (and on to
+    this process's stdout): a shell stage's output in the pipeline's Prefect log, not only on a terminal. DVC offers
+    no hook for it; its `prepare_kwargs` (the Popen arguments of a stage's command, dvc==3.67.1) is wrapped."""
+    from dvc.stage import run as dvc_run
+
+    read_end, write_end = os.pipe()
+    prepare = dvc_run.prepare_kwargs
+
+    def prepare_with_pipe(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        return {**prepare(*args, **kwargs), "stdout": write_end, "stderr": subprocess.STDOUT}
+
+    def forward() -> None:
+        with os.fdopen(read_end, "r", encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                sys.stdout.write(line)
+                emit(line.rstrip("\n"))
+
+    reader = threading.Thread(target=forward, name="stage-output", daemon=True)
+    reader.start()
+    dvc_run.prepare_kwargs = prepare_with_pipe
+    try:
+        yield
+    finally:
+        dvc_run.prepare_kwargs = prepare
+        os.close(write_end)  # the reader ends once every command holding the pipe has exited
+        reader.join(timeout=10)
+
+
+def reproduce_stage(
+    repo: Repo, stage: str, force: bool, env: dict[str, str], output: Callable[[str], None] | None = None
+) -> str | None:
     """`dvc repro --single-item [--force] <stage>` in this process: UP_TO_DATE, CACHED, or None when the stage's
-    command ran. A failed command raises DVC's ReproductionError."""
+    command ran. A failed command raises DVC's ReproductionError. `output`: where the command's output lines go
+    besides the terminal (None: the terminal only)."""
     # DVC prints its lines with handlers of its own; passed on to the root logger (Prefect's console handler) they
     # would print twice. Prefect's API handler puts them in the pipeline's flow-run log, the UI's view of the run.
     watcher = _DvcOutcome()
@@ -176,7 +151,8 @@ def reproduce_stage(repo: Repo, stage: str, force: bool, env: dict[str, str]) ->
     for handler in handlers:
         dvc_logger.addHandler(handler)
     try:
-        reproduced = repo.reproduce(targets=[stage], single_item=True, force=force, run_env=env)
+        with stage_output_to(output) if output else nullcontext():
+            reproduced = repo.reproduce(targets=[stage], single_item=True, force=force, run_env=env)
     finally:
         for handler in handlers:
             dvc_logger.removeHandler(handler)
@@ -247,7 +223,9 @@ class StageRunner:
             flow_run_id = self._create_flow_run(stage_flow, stage, task_run_id) if stage_flow else None
             env = self.env | ({STAGE_FLOW_RUN_ENV: str(flow_run_id)} if flow_run_id else {})
             try:
-                outcome = reproduce_stage(self.repo, stage, self.force, env)
+                # A stage with a flow of its own logs there; a shell stage's output goes to this flow run's log.
+                output = None if stage_flow else partial(logger.info, "%s| %s", stage)
+                outcome = reproduce_stage(self.repo, stage, self.force, env, output)
             except Exception as err:  # DVC's errors and the command's exit fail the stage's task, not this flow
                 message = f"{err}: {err.__cause__}" if err.__cause__ else str(err)
                 self._settle_unstarted(flow_run_id, message)

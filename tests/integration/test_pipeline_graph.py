@@ -23,6 +23,8 @@ from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterId,
     FlowRunFilterParentTaskRunId,
+    LogFilter,
+    LogFilterFlowRunId,
 )
 from prefect.client.schemas.objects import FlowRun, TaskRun
 from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -123,6 +125,18 @@ def test_each_stage_is_a_task_in_dvc_yaml_order_with_its_flow_run_nested(client,
     assert _nested_flow_runs(client, count.id) == []
     # no stage flow run is left at the top level, unlinked
     assert [r.name for r in client.read_flow_runs() if r.parent_task_run_id is None] == [pipeline.name]
+
+
+def test_a_shell_stage_output_is_in_the_pipeline_run_log(client, project) -> None:
+    """count's command prints a line: the pipeline's flow run logs it, prefixed with the stage name (download has a
+    flow run of its own, so its output is not copied here)."""
+    root, _ = project
+    pipeline = _latest_pipeline_run(client)
+    logs = [log.message for log in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[pipeline.id])))]
+    printed = (root / "count.txt").read_text().strip()
+    assert printed.startswith("files: ")
+    assert f"count| {printed}" in logs
+    assert not any(message.startswith("download| ") for message in logs)
 
 
 def test_the_ui_graph_draws_the_chain_of_stages(client, project) -> None:

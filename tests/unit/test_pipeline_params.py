@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from evisrag_core.errors import UserError
-from flows.pipeline import check_pipeline_params
+from flows.stage_plan import check_pipeline_params
 
 
 @pytest.mark.parametrize("given", ["params.yaml", "./params.yaml", "sub/../params.yaml", "{root}/params.yaml"], ids=str)
