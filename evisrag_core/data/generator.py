@@ -31,8 +31,8 @@ Everything is a pure function of the seed: the same seed writes byte-identical f
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -308,6 +308,52 @@ def write_split(
     return len(rows)
 
 
+@dataclass(frozen=True)
+class World:
+    """What makes one embedded world: its question stream, its training rows, its panels. `write_world` writes any
+    of them in the same files and forms."""
+
+    questions: Callable[[GeneratorSpec, list[str], int, str], Iterable[Any]]  # (spec, splits, count, prefix)
+    sft_row: Callable[[Any, list[str]], dict[str, Any]]
+    rl_row: Callable[[Any, list[str]], dict[str, Any]]
+    render: Render
+    manifest: dict[str, Any] = field(default_factory=dict)  # extra keys of the manifest's `generator`
+
+
+def write_world(
+    world: World,
+    out_dir: Path,
+    spec: GeneratorSpec,
+    splits: list[str],
+    n_test_per_split: int,
+    n_sft: int,
+    n_rl: int,
+    progress: Callable[[int], Any] = lambda n: None,
+) -> dict[str, Any]:
+    """Write a world's dataset in the project's format (see evisrag_core.data.schema); returns the manifest."""
+    counts: dict[str, int] = {}
+    for split in splits:
+        questions = world.questions(spec, [split], n_test_per_split, f"test-{split}")
+        folder = out_dir / "test" / split
+        counts[f"test/{split}"] = write_split(folder, TEST_FILE, questions, spec, test_row, progress, world.render)
+    train = out_dir / "train"
+    for file_name, key, count, to_row in ((SFT_FILE, "sft", n_sft, world.sft_row), (RL_FILE, "rl", n_rl, world.rl_row)):
+        questions = world.questions(spec, splits, count, key)
+        counts[f"train/{key}"] = write_split(train, file_name, questions, spec, to_row, progress, world.render)
+    write_json_atomic(train / LLAMAFACTORY_INFO_FILE, llamafactory_dataset_info())
+    manifest = {
+        "source": "embedded",
+        "benchmarks": list(splits),
+        "counts": counts,
+        "generator": {**spec.__dict__, "splits": list(splits), **world.manifest},
+    }
+    write_json_atomic(out_dir / MANIFEST_FILE, manifest)
+    return manifest
+
+
+DEFAULT_WORLD = World(questions=_questions, sft_row=sft_record, rl_row=rl_record, render=render_panel)
+
+
 def generate_dataset(
     out_dir: Path,
     spec: GeneratorSpec,
@@ -317,25 +363,8 @@ def generate_dataset(
     n_rl: int,
     progress: Callable[[int], Any] = lambda n: None,
 ) -> dict[str, Any]:
-    """Write the embedded dataset in the project's format (see evisrag_core.data.schema); returns the manifest."""
+    """Write the embedded default world's dataset; returns the manifest."""
     unknown = [s for s in splits if s not in TASKS]
     if unknown:
         raise ValueError(f"unknown embedded split(s) {unknown}; choose from {sorted(TASKS)}")
-    counts: dict[str, int] = {}
-    for split in splits:
-        questions = _questions(spec, [split], n_test_per_split, f"test-{split}")
-        counts[f"test/{split}"] = write_split(out_dir / "test" / split, TEST_FILE, questions, spec, test_row, progress)
-    train = out_dir / "train"
-    counts["train/sft"] = write_split(
-        train, SFT_FILE, _questions(spec, splits, n_sft, "sft"), spec, sft_record, progress
-    )
-    counts["train/rl"] = write_split(train, RL_FILE, _questions(spec, splits, n_rl, "rl"), spec, rl_record, progress)
-    write_json_atomic(train / LLAMAFACTORY_INFO_FILE, llamafactory_dataset_info())
-    manifest = {
-        "source": "embedded",
-        "benchmarks": list(splits),
-        "counts": counts,
-        "generator": {**spec.__dict__, "splits": list(splits)},
-    }
-    write_json_atomic(out_dir / MANIFEST_FILE, manifest)
-    return manifest
+    return write_world(DEFAULT_WORLD, out_dir, spec, splits, n_test_per_split, n_sft, n_rl, progress)

@@ -32,24 +32,17 @@ from evisrag_core.data.generator import (
     NO_RELEVANT,
     ORDINALS,
     GeneratorSpec,
+    World,
     draw_framed_square,
     ground_truth_of,
     jitter,
-    llamafactory_dataset_info,
     rl_record,
     sft_record,
-    test_row,
-    write_split,
+    write_world,
 )
 from evisrag_core.data.schema import (
     INSUFFICIENT_ANSWER,
-    LLAMAFACTORY_INFO_FILE,
-    MANIFEST_FILE,
-    RL_FILE,
-    SFT_FILE,
-    TEST_FILE,
 )
-from evisrag_core.io import write_json_atomic
 
 WORLD = "hard"
 # Near-miss pairs on purpose: citing the right image is a coarse distinction (a black frame), reading its value a
@@ -216,6 +209,11 @@ def _rl_row(question: HardQuestion, images: list[str]) -> dict[str, Any]:
     return rl_record(question, images, ground_truth=hard_ground_truth(question))
 
 
+HARD_WORLD = World(
+    questions=_hard_questions, sft_row=_sft_row, rl_row=_rl_row, render=render_hard_panel, manifest={"world": WORLD}
+)
+
+
 def generate_hard_dataset(
     out_dir: Path,
     spec: GeneratorSpec,
@@ -232,23 +230,4 @@ def generate_hard_dataset(
             f"unknown split(s) {unknown} for data.embedded.world: hard; set data.embedded.splits to some of "
             f"{sorted(HARD_TASKS)}"
         )
-    counts: dict[str, int] = {}
-    render = render_hard_panel
-    for split in splits:
-        questions = _hard_questions(spec, [split], n_test_per_split, f"test-{split}")
-        folder = out_dir / "test" / split
-        counts[f"test/{split}"] = write_split(folder, TEST_FILE, questions, spec, test_row, progress, render)
-    train = out_dir / "train"
-    sft = _hard_questions(spec, splits, n_sft, "sft")
-    counts["train/sft"] = write_split(train, SFT_FILE, sft, spec, _sft_row, progress, render)
-    rl = _hard_questions(spec, splits, n_rl, "rl")
-    counts["train/rl"] = write_split(train, RL_FILE, rl, spec, _rl_row, progress, render)
-    write_json_atomic(train / LLAMAFACTORY_INFO_FILE, llamafactory_dataset_info())
-    manifest = {
-        "source": "embedded",
-        "benchmarks": list(splits),
-        "counts": counts,
-        "generator": {**spec.__dict__, "splits": list(splits), "world": WORLD},
-    }
-    write_json_atomic(out_dir / MANIFEST_FILE, manifest)
-    return manifest
+    return write_world(HARD_WORLD, out_dir, spec, splits, n_test_per_split, n_sft, n_rl, progress)
