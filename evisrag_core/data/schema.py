@@ -206,38 +206,48 @@ def check_rl_record(row: dict[str, Any], where: str) -> None:
 
 @dataclass(frozen=True)
 class Conversation:
-    """One SFT example: the user turn's text verbatim (its `<image>` markers kept), its images (absolute paths), the
-    target response and the system turn, when the record has one."""
+    """One SFT example: the last user turn's text verbatim (its `<image>` markers kept), every image of the
+    conversation (absolute paths, in marker order), the last assistant turn, the system turn when the record has one,
+    and the earlier (user text, assistant text) turns of a multi-turn record, in order."""
 
     id: str
     user_text: str
     images: list[str]
     response: str
     system: str | None = None
+    history: tuple[tuple[str, str], ...] = ()
+
+
+def _turns(messages: list[dict[str, Any]], where: str) -> tuple[str | None, list[tuple[str, str]]]:
+    """(system text, [(user text, assistant text), …]) of a sharegpt `messages` list, as LLaMA-Factory reads it: an
+    optional system turn, then user and assistant turns alternating, from a user turn to an assistant turn."""
+    system = messages[0].get("content") if messages[0].get("role") == "system" else None
+    body = messages[1:] if messages[0].get("role") == "system" else messages
+    roles = [m.get("role") for m in body]
+    if len(body) < 2 or len(body) % 2 or roles != ["user", "assistant"] * (len(body) // 2):
+        raise BadRecordError(
+            f"{where}: 'messages' must be an optional system turn, then user and assistant turns alternating, from "
+            f"a user turn to an assistant turn; its roles are {roles}"
+        )
+    pairs = [(str(body[i].get("content", "")), str(body[i + 1].get("content", ""))) for i in range(0, len(body), 2)]
+    return (str(system) if system else None), pairs
 
 
 def parse_sft_record(row: dict[str, Any], root: Path, where: str) -> Conversation:
-    """An `sft.jsonl` row (an optional system turn, the user turn with one `<image>` per image, then the assistant
-    turn) → Conversation."""
+    """An `sft.jsonl` row (an optional system turn, then user and assistant turns alternating; one `<image>` per
+    image over all user turns) → Conversation."""
     messages, images = row.get("messages"), row.get("images", [])
     if not isinstance(messages, list) or len(messages) < 2 or not all(isinstance(m, dict) for m in messages):
         raise BadRecordError(f"{where}: 'messages' must hold a user turn and an assistant turn")
-    user = next((m for m in messages if m.get("role") == "user"), None)
-    assistant = next((m for m in reversed(messages) if m.get("role") == "assistant"), None)
-    if user is None or assistant is None:
-        raise BadRecordError(f"{where}: needs one 'user' and one 'assistant' message")
-    system = messages[0].get("content") if messages[0].get("role") == "system" else None
+    system, pairs = _turns(messages, where)
     if not isinstance(images, list) or not images or not all(isinstance(p, str) and p for p in images):
         raise BadRecordError(f"{where}: 'images' must be a non-empty list of image paths (the task is over images)")
-    text = str(user.get("content", ""))
-    if text.count(IMAGE_PLACEHOLDER) != len(images):
-        raise BadRecordError(
-            f"{where}: {text.count(IMAGE_PLACEHOLDER)} <image> placeholders for {len(images)} images; they must match"
-        )
+    markers = sum(user.count(IMAGE_PLACEHOLDER) for user, _ in pairs)
+    if markers != len(images):
+        raise BadRecordError(f"{where}: {markers} <image> placeholders for {len(images)} images; they must match")
     paths = [str(resolve_image_path(root, p, where)) for p in images]
-    return Conversation(
-        str(row.get("id", where)), text, paths, str(assistant["content"]), str(system) if system else None
-    )
+    (text, response), history = pairs[-1], tuple(pairs[:-1])
+    return Conversation(str(row.get("id", where)), text, paths, response, system, history)
 
 
 def load_conversations(sft_file: Path, bad: BadRecords | None = None) -> list[Conversation]:

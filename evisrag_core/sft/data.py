@@ -1,16 +1,17 @@
 """SFT examples as model inputs: a Conversation (data.schema) → token ids, image inputs and labels, padded into a batch.
 
 The conversation is the record's as it stands (evisrag_core.prompts): its system turn when it has one (else the chat
-template's default), the user text verbatim with each image at its `<image>` marker, then the assistant's answer.
+template's default), each user text verbatim with each image at its `<image>` marker, and each assistant turn.
 
-Label masking: a conversation is rendered twice with the Qwen2-VL chat template, the prompt alone (ending in
-`<|im_start|>assistant\\n`) and the prompt plus the assistant turn. Images expand identically in both, so the
-prompt's token count marks where the answer starts. Labels are the answer tokens, the closing `<|im_end|>` (the
-model must learn to stop) and the newline the template writes after it, as LLaMA-Factory's qwen2_vl template trains
-(spec §8); the system/user turns, every image token and padding are -100.
+Label masking: the conversation is rendered with the Qwen2-VL chat template, and so is each prefix of it that ends
+in an assistant turn's prompt (`<|im_start|>assistant\n`). Images expand identically in every prefix, so a prefix's
+token count marks where that assistant turn starts. Labels are every assistant turn's tokens, its closing
+`<|im_end|>` (the model must learn to stop) and the newline the template writes after it, as LLaMA-Factory's
+qwen2_vl template trains (spec §8; for multi-turn records its default, every turn); the system and user turns,
+every image token and padding are -100.
 
-Over `cutoff_len` tokens a conversation is an error, or, with `truncation="llamafactory"`, cut as the reference's
-LLaMA-Factory cuts it (evisrag_core/truncation.py).
+Over `cutoff_len` tokens a conversation is an error, or, with `truncation="llamafactory"`, a single-turn one is cut
+as the reference's LLaMA-Factory cuts it (evisrag_core/truncation.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 import torch
 
-from evisrag_core.data.schema import Conversation
+from evisrag_core.data.schema import IMAGE_PLACEHOLDER, Conversation
 from evisrag_core.images import vision_inputs
 from evisrag_core.io import BadRecordError
 from evisrag_core.prompts import user_turn
@@ -30,10 +31,16 @@ IGNORE_INDEX = -100
 
 
 def conversation_messages(example: Conversation, min_pixels: int, max_pixels: int) -> list[dict[str, Any]]:
-    """The record's system turn (if any), its user turn verbatim with the images at their markers, the answer."""
+    """The record's system turn (if any), then each user turn verbatim with its images at their markers and each
+    assistant turn. A single-turn record's user turn takes every image (with no markers: after its text)."""
     system = [{"role": "system", "content": [{"type": "text", "text": example.system}]}] if example.system else []
-    user = user_turn(example.user_text, example.images, min_pixels, max_pixels)
-    return [*system, user, {"role": "assistant", "content": [{"type": "text", "text": example.response}]}]
+    messages, start = system, 0
+    for user_text, reply in [*example.history, (example.user_text, example.response)]:
+        count = user_text.count(IMAGE_PLACEHOLDER) if example.history else len(example.images)
+        messages.append(user_turn(user_text, example.images[start : start + count], min_pixels, max_pixels))
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": reply}]})
+        start += count
+    return messages
 
 
 class SFTCollator:
@@ -52,28 +59,40 @@ class SFTCollator:
             messages = conversation_messages(example, self.min_pixels, self.max_pixels)
         except ValueError as err:
             raise BadRecordError(f"{example.id}: {err}") from err
-        prompt = self.processor.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
         full = self.processor.apply_chat_template(messages, tokenize=False)
-        if not full.startswith(prompt):
-            raise ValueError(f"{example.id}: the chat template renders the prompt differently inside the conversation")
-        images = vision_inputs(messages[:-1])
-        encoded = self.processor(text=[full], images=images or None, return_tensors="pt")
+        encoded = self.processor(text=[full], images=vision_inputs(messages) or None, return_tensors="pt")
         input_ids = encoded["input_ids"][0]
-        prompt_len = self._prompt_length(prompt, encoded, input_ids, example.id)
         labels = torch.full_like(input_ids, IGNORE_INDEX)
-        labels[prompt_len:] = input_ids[prompt_len:]  # the answer, <|im_end|> and the newline after it
+        # Every assistant turn is trained (LLaMA-Factory's default for multi-turn data, mask_history off): its content,
+        # <|im_end|> and the newline after it. The turn starts where the conversation up to its prompt ends.
+        starts = []
+        for index in [i for i, message in enumerate(messages) if message["role"] == "assistant"]:
+            prompt = self.processor.apply_chat_template(messages[:index], tokenize=False, add_generation_prompt=True)
+            last = index == len(messages) - 1
+            upto = full if last else self.processor.apply_chat_template(messages[: index + 1], tokenize=False)
+            if not full.startswith(prompt) or not full.startswith(upto):
+                raise ValueError(f"{example.id}: the chat template renders a turn differently inside the conversation")
+            start = self._prefix_length(prompt, encoded, input_ids, example.id)
+            stop = len(input_ids) if last else self._prefix_length(upto, encoded, input_ids, example.id)
+            labels[start:stop] = input_ids[start:stop]
+            starts.append(start)
         item = {"input_ids": input_ids, "labels": labels, **{k: v for k, v in encoded.items() if k != "input_ids"}}
         if len(input_ids) > self.cutoff_len:
-            item = self._truncated(item, prompt_len, example.id)
+            item = self._truncated(item, starts[0], example)
         return item
 
-    def _truncated(self, item: dict[str, Any], prompt_len: int, example_id: str) -> dict[str, Any]:
+    def _truncated(self, item: dict[str, Any], prompt_len: int, example: Conversation) -> dict[str, Any]:
         """An over-long conversation cut as LLaMA-Factory cuts it (evisrag_core/truncation.py), or the error."""
-        input_ids = item["input_ids"]
+        input_ids, example_id = item["input_ids"], example.id
         if self.truncation == "error":
             raise BadRecordError(
                 f"{example_id}: {len(input_ids)} tokens exceed sft.cutoff_len={self.cutoff_len}; raise it, shrink "
                 "the images (sft.image_max_pixels) or cut as the reference does (sft.truncation: llamafactory)"
+            )
+        if example.history:
+            raise BadRecordError(
+                f"{example_id}: {len(input_ids)} tokens exceed sft.cutoff_len={self.cutoff_len}, and sft.truncation: "
+                "llamafactory cuts single-turn records only; raise sft.cutoff_len or split the record into turns"
             )
         lengths = llamafactory_lengths(prompt_len, len(input_ids) - prompt_len, self.cutoff_len)
         try:
@@ -90,14 +109,16 @@ class SFTCollator:
         tokens = ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>")
         return [int(i) for i in self.processor.tokenizer.convert_tokens_to_ids(list(tokens))]
 
-    def _prompt_length(self, prompt: str, encoded: Any, input_ids: torch.Tensor, example_id: str) -> int:
-        """Tokens of the prompt inside the full encoding, without processing the images a second time: the prompt
-        text's tokens, plus the extra `<|image_pad|>` tokens each image expands to (one per merged patch)."""
-        text_ids = self.processor.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    def _prefix_length(self, prefix: str, encoded: Any, input_ids: torch.Tensor, example_id: str) -> int:
+        """Tokens of a rendered prefix of the conversation inside the full encoding, without processing the images a
+        second time: the prefix text's tokens, plus the extra `<|image_pad|>` tokens each image inside the prefix
+        expands to (one per merged patch)."""
+        text_ids = self.processor.tokenizer(prefix, add_special_tokens=False)["input_ids"]
         expansion = 0
         if "image_grid_thw" in encoded:
             merge = self.processor.image_processor.merge_size
-            expansion = int((encoded["image_grid_thw"].prod(dim=-1) // merge**2 - 1).sum())
+            grids = encoded["image_grid_thw"][: prefix.count("<|vision_start|>")]
+            expansion = int((grids.prod(dim=-1) // merge**2 - 1).sum())
         length = len(text_ids) + expansion
         if length > len(input_ids) or int(input_ids[length - 1]) != text_ids[-1]:
             raise ValueError(f"{example_id}: the prompt does not tokenize as a prefix of the conversation")

@@ -54,6 +54,67 @@ def test_labels_cover_exactly_the_assistant_response_its_end_token_and_newline(s
     assert all(label == -100 for token, label in zip(ids, labels, strict=True) if token == image_pad)
 
 
+def test_a_multi_turn_record_trains_every_assistant_turn_and_no_user_turn(sample, tiny_dataset: Path):
+    """LLaMA-Factory's default for multi-turn sharegpt data: each assistant turn (with its <|im_end|> and newline)
+    carries loss; the second user turn's text and its image do not. Images go to the user turn holding their
+    marker."""
+    from evisrag_core.data.schema import parse_sft_record
+
+    processor, conversations, collator = sample
+    first = conversations[0]
+    root = tiny_dataset / "train"
+    row = {
+        "id": "two-turns",
+        "messages": [
+            {"role": "user", "content": "<image><image> Which image is red?"},
+            {"role": "assistant", "content": "The first one."},
+            {"role": "user", "content": "And this one: <image> what colour?"},
+            {"role": "assistant", "content": first.response},
+        ],
+        "images": [str(Path(path).relative_to(root)) for path in first.images],
+    }
+    example = parse_sft_record(row, root, "sft.jsonl:1")
+    assert (example.history, example.user_text) == (
+        (("<image><image> Which image is red?", "The first one."),),
+        "And this one: <image> what colour?",
+    )
+    batch = collator([example])
+    ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+    tokenizer = processor.tokenizer
+    runs, current = [], []
+    for token, label in zip(ids, labels, strict=True):
+        if label != -100:
+            assert label == token
+            current.append(token)
+        elif current:
+            runs, current = [*runs, current], []
+    runs += [current] if current else []
+    assert [tokenizer.decode(run) for run in runs] == ["The first one.<|im_end|>\n", first.response + "<|im_end|>\n"]
+    text = tokenizer.decode(ids)
+    vision_start = tokenizer.convert_tokens_to_ids("<|vision_start|>")
+    second_user = text.index("And this one:")
+    assert text[:second_user].count("<|vision_start|>") == 2 and ids.count(vision_start) == 3
+    # a single-turn record encodes as before: the history is empty
+    assert collator([first])["labels"].tolist() == collator.encode(first)["labels"].unsqueeze(0).tolist()
+
+
+@pytest.mark.parametrize(
+    ("roles", "message"),
+    [
+        (["user", "user", "assistant"], "alternating"),
+        (["user", "assistant", "user"], "alternating"),
+        (["assistant", "user"], "alternating"),
+    ],
+)
+def test_turns_out_of_order_are_a_bad_record(roles: list[str], message: str, tmp_path: Path):
+    from evisrag_core.data.schema import parse_sft_record
+    from evisrag_core.io import BadRecordError
+
+    row = {"messages": [{"role": r, "content": "<image> x" if i == 0 else "y"} for i, r in enumerate(roles)]}
+    with pytest.raises(BadRecordError, match=message):
+        parse_sft_record({**row, "images": ["a.png"]}, tmp_path, "sft.jsonl:3")
+
+
 def test_padding_is_masked_and_shorter_rows_keep_their_labels(sample):
     _, conversations, collator = sample
     pair = [conversations[0], conversations[1]]
