@@ -162,15 +162,16 @@ def _require_tagged(answer: str, where: str) -> None:
 
 
 def check_sft_record(row: dict[str, Any], where: str) -> None:
-    """An SFT record has user and assistant turns and exactly one `<image>` per image in its user turns."""
+    """An SFT record has user and assistant turns, alternating, and exactly one `<image>` per image in its user
+    turns."""
     messages, images = row.get("messages"), row.get("images")
     if not isinstance(messages, list) or not isinstance(images, list):
         raise BadRecordError(f"{where}: an SFT record needs 'messages' and 'images' lists")
     if not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages):
         raise BadRecordError(f"{where}: every message needs a 'role' and a string 'content'")
-    roles = [m.get("role") for m in messages]
-    if "user" not in roles or roles[-1] != "assistant":
+    if not messages:
         raise BadRecordError(f"{where}: an SFT conversation needs a user turn and must end with the assistant's")
+    _turns(messages, where)  # the order SFT reads: system?, then user/assistant alternating
     placeholders = sum(m["content"].count(IMAGE_PLACEHOLDER) for m in messages if m["role"] == "user")
     if placeholders != len(images):
         raise BadRecordError(
