@@ -58,6 +58,8 @@ class SFTParams(ProfiledSection):
     logging_steps: int = Field(10, ge=1)
     deepspeed: str | None = None  # path to a DeepSpeed JSON config (configs/deepspeed/zero3.json for the paper)
     num_gpus: int = Field(1, ge=1)  # for the launch command and the global-batch check of the dry-run
+    # Not read: an SFT record holds its whole user text, never a bare question to wrap. Kept so that params files
+    # naming it stay valid.
     prompt_template: PromptTemplate = "model_card"
     on_bad_record: OnBadRecord = "error"  # error | skip: leave bad sft.jsonl records out, counted (sft.skipped_records)
 
