@@ -17,8 +17,10 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
+from evisrag_core.errors import InputNotFoundError, UserError
 from evisrag_core.grounding import evidence_items
 from evisrag_core.parsing import close_tag, extract_answer, open_tag
 
@@ -119,3 +121,18 @@ def answer_fields(view: AnswerView) -> dict[str, Any]:
     fields["evidence"] = [asdict(item) for item in view.evidence]
     fields["problems"] = list(view.problems)
     return {"format_ok": view.format_ok, **fields}
+
+
+def check_answer_inputs(images: Sequence[str], max_images: int, max_new_tokens: int | None) -> None:
+    """`evisrag answer`'s inputs, checked before a model loads: local image files that exist, no more than the model
+    takes, a positive token budget. A UserError says which and what to do."""
+    urls = [p for p in images if "://" in p]
+    if urls:
+        raise UserError(f"--images takes local files, not URLs ({', '.join(urls)}); download them and pass the paths")
+    missing = [p for p in images if not Path(p).is_file()]
+    if missing:
+        raise InputNotFoundError(f"image(s) not found: {', '.join(missing)}")
+    if len(images) > max_images:
+        raise UserError(f"{len(images)} images given; the model takes at most {max_images}")
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens {max_new_tokens}: give a positive number of tokens")

@@ -10,6 +10,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from evisrag_core.config import PredictParams
+    from evisrag_core.predict import Backend
 
 log = logging.getLogger(__name__)
 
@@ -63,3 +69,33 @@ def describe_backend(setting: str) -> str:
     """One line for `evisrag predict --dry-run`: the backend `setting` runs on this machine, and why."""
     choice = backend_here(setting)
     return f"backend on this machine: {choice.name}" + (f" ({choice.note})" if choice.note else "")
+
+
+def make_backend(params: PredictParams, model: str | Path, trust_remote_code: bool, local_only: bool = True) -> Backend:
+    """The generation backend `params.backend` names on this machine, over `model` (a folder; with `local_only`
+    False also a hub id), with the predict settings: what `evisrag predict` and `evisrag answer` generate with."""
+    from evisrag_core import predict as core  # torch and transformers: only when a backend is built
+    from evisrag_core.modeling import load_model_and_processor, require_local_model_dir
+
+    decoding, pixels = core.Decoding.from_params(params), (params.min_pixels, params.max_pixels)
+    core.set_cpu_threads()
+    if local_only:
+        require_local_model_dir(Path(model), "evisrag model / evisrag sft")
+    if resolve_backend(params.backend) == "vllm":
+        from transformers import AutoProcessor
+
+        from evisrag_core.vllm_engine.backend import VllmBackend
+
+        processor = AutoProcessor.from_pretrained(str(model), trust_remote_code=trust_remote_code)
+        return VllmBackend(
+            str(model),
+            processor,
+            decoding,
+            params.prompt_template,
+            pixels,
+            params.max_images_per_prompt,
+            params.vllm_base_url,
+            method=params.method,
+        )
+    loaded, processor = load_model_and_processor(model, trust_remote_code=trust_remote_code)
+    return core.TransformersBackend(loaded, processor, decoding, params.prompt_template, pixels, params.method)

@@ -186,31 +186,30 @@ def _evaluate_file(args: argparse.Namespace) -> int:
 def cmd_answer(args: argparse.Namespace) -> int:
     """One question over images: the answer and each image's evidence (evisrag_core.answer_view), a warning on
     stderr when the format is broken; `--raw` the generated text, `--json` the fields."""
-    from evisrag_core.answer_view import answer_fields, format_warning, read_response, render_answer
+    from evisrag_core.answer_view import (
+        answer_fields,
+        check_answer_inputs,
+        format_warning,
+        read_response,
+        render_answer,
+    )
     from evisrag_core.prompt_methods import get_method
 
     params = load_params(args.params)
     cfg = params.predict
-    urls = [p for p in args.images if "://" in p]
-    if urls:
-        raise UserError(f"--images takes local files, not URLs ({', '.join(urls)}); download them and pass the paths")
-    missing = [p for p in args.images if not Path(p).is_file()]
-    if missing:
-        raise InputNotFoundError(f"image(s) not found: {', '.join(missing)}")
-    if len(args.images) > cfg.max_images_per_prompt:
-        raise UserError(f"{len(args.images)} images given; the model takes at most {cfg.max_images_per_prompt}")
-    if args.max_new_tokens is not None and args.max_new_tokens < 1:
-        raise UserError(f"--max-new-tokens {args.max_new_tokens}: give a positive number of tokens")
-    from evisrag_core.modeling import load_model_and_processor  # torch: seconds, only once the inputs are good
-    from evisrag_core.predict import Decoding, Request, TransformersBackend, set_cpu_threads
+    check_answer_inputs(args.images, cfg.max_images_per_prompt, args.max_new_tokens)
+    from evisrag_core.backend_choice import make_backend  # torch: seconds, only once the inputs are good
+    from evisrag_core.predict import Request
 
-    set_cpu_threads()
-    model, processor = load_model_and_processor(args.model or cfg.model_dir, trust_remote_code=False)
-    sampling = Decoding(cfg.temperature, cfg.top_p, cfg.repetition_penalty, args.max_new_tokens or cfg.max_new_tokens)
-    pixels = (cfg.min_pixels, cfg.max_pixels)
-    backend = TransformersBackend(model, processor, sampling, cfg.prompt_template, pixels, cfg.method)
+    if args.max_new_tokens is not None:
+        cfg = cfg.model_copy(update={"max_new_tokens": args.max_new_tokens})
+    model = args.model or cfg.model_dir
+    backend = make_backend(cfg, model, params.model.trust_remote_code, local_only=Path(model).exists())
     images = [str(Path(p).resolve()) for p in args.images]
-    text = backend.generate([Request("cli", args.query, images, list(args.images))])[0]
+    try:
+        text = backend.generate([Request("cli", args.query, images, list(args.images))])[0]
+    finally:
+        getattr(backend, "close", lambda: None)()  # the vLLM backend's engine process
     view = read_response(text, args.images, get_method(cfg.method).tags)
     if args.raw:
         print(text)

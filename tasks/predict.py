@@ -17,13 +17,12 @@ from prefect import get_run_logger, task
 from tqdm import tqdm
 
 from evisrag_core import predict as core
-from evisrag_core.backend_choice import resolve_backend
+from evisrag_core.backend_choice import make_backend
 from evisrag_core.bad_records import BadRecords
 from evisrag_core.config import Params, PredictParams
 from evisrag_core.data.schema import TEST_FILE, list_benchmarks, load_test_split
 from evisrag_core.errors import UserError
 from evisrag_core.io import atomic_dir, atomic_path, read_jsonl
-from evisrag_core.modeling import load_model_and_processor, require_local_model_dir
 from tasks import TASK_DEFAULTS, tracking
 
 WORK_DIR = Path("work/predict")
@@ -44,30 +43,6 @@ def fingerprint(model_dir: Path, test_file: Path, params: PredictParams) -> str:
         digest.update(f"{path.relative_to(model_dir)}:{_file_digest(path)}".encode())
     digest.update(_file_digest(test_file).encode())
     return digest.hexdigest()[:16]
-
-
-def make_backend(params: PredictParams, model_dir: Path, trust_remote_code: bool) -> core.Backend:
-    decoding, pixels = core.Decoding.from_params(params), (params.min_pixels, params.max_pixels)
-    core.set_cpu_threads()
-    require_local_model_dir(model_dir, "evisrag model / evisrag sft")
-    if resolve_backend(params.backend) == "vllm":
-        from transformers import AutoProcessor
-
-        from evisrag_core.vllm_engine.backend import VllmBackend
-
-        processor = AutoProcessor.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
-        return VllmBackend(
-            str(model_dir),
-            processor,
-            decoding,
-            params.prompt_template,
-            pixels,
-            params.max_images_per_prompt,
-            params.vllm_base_url,
-            method=params.method,
-        )
-    model, processor = load_model_and_processor(model_dir, trust_remote_code=trust_remote_code)
-    return core.TransformersBackend(model, processor, decoding, params.prompt_template, pixels, params.method)
 
 
 @task(name="predict-benchmark", **TASK_DEFAULTS)

@@ -99,3 +99,42 @@ def test_predictions_through_vllm_serve_match_the_transformers_backend(
     agreement, identical = token_agreement([tokenize(t) for t in expected], [tokenize(t) for t in served])
     print(f"vllm serve vs transformers greedy: {identical}/{len(requests)} identical, token agreement {agreement:.4f}")
     assert agreement >= 0.95
+
+
+def test_evisrag_answer_generates_on_vllm_when_predict_backend_names_it(
+    vllm_sft_model_dir: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """`evisrag answer` builds its backend as `evisrag predict` does (backend_choice.make_backend): with
+    predict.backend vllm the one question goes through a real engine (its logs on stderr), and the greedy answer
+    agrees with the transformers backend's."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from evisrag_core.modeling import load_model_and_processor
+
+    split = tiny_dataset / "test" / "ColorSquare"
+    [request] = build_requests(load_test_split(split)[:1], split, top_k=3, max_images=5)
+    repo = Path(__file__).resolve().parents[2]
+
+    def answer(backend: str) -> subprocess.CompletedProcess:
+        params = tmp_path / f"{backend}.yaml"
+        predict = {"backend": backend, "min_pixels": TINY_PIXELS[0], "max_pixels": TINY_PIXELS[1], "max_new_tokens": 48}
+        params.write_text(yaml.safe_dump({"predict": predict}))
+        command = [sys.executable, "-m", "flows.cli", "--params", str(params), "answer", "--raw"]
+        command += ["--model", str(vllm_sft_model_dir), "--query", request.query, "--images", *request.images]
+        env = {**os.environ, "PYTHONPATH": str(repo), "VLLM_CPU_KVCACHE_SPACE": "1"}
+        return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+
+    via_vllm, via_transformers = answer("vllm"), answer("transformers")
+    assert via_vllm.returncode == 0, via_vllm.stderr[-3000:]
+    assert via_transformers.returncode == 0, via_transformers.stderr[-3000:]
+    assert "vllm" in via_vllm.stderr.lower() and "vllm" not in via_transformers.stderr.lower()
+    _, processor = load_model_and_processor(vllm_sft_model_dir)
+    tokenize = processor.tokenizer.encode
+    expected, got = tokenize(via_transformers.stdout.strip()), tokenize(via_vllm.stdout.strip())
+    assert len(expected) >= 10
+    agreement, _ = token_agreement([expected], [got])
+    assert agreement >= 0.95, (via_transformers.stdout, via_vllm.stdout)
