@@ -108,9 +108,9 @@ class _DvcOutcome(logging.Handler):
 
 @contextmanager
 def stage_output_to(emit: Callable[[str], None]) -> Iterator[None]:
-    """While open, the commands DVC runs write their stdout and stderr into a pipe whose lines go to `emit` (and on to
-    this process's stdout): a shell stage's output in the pipeline's Prefect log, not only on a terminal. DVC offers
-    no hook for it; its `prepare_kwargs` (the Popen arguments of a stage's command, dvc==3.67.1) is wrapped."""
+    """While open, the commands DVC runs write their stdout and stderr into a pipe whose lines go to `emit`: a shell
+    stage's output in the pipeline's Prefect log (whose console handler still shows it on the terminal, once). DVC
+    offers no hook for it; its `prepare_kwargs` (the Popen arguments of a stage's command, dvc==3.67.1) is wrapped."""
     from dvc.stage import run as dvc_run
 
     read_end, write_end = os.pipe()
@@ -122,7 +122,6 @@ def stage_output_to(emit: Callable[[str], None]) -> Iterator[None]:
     def forward() -> None:
         with os.fdopen(read_end, "r", encoding="utf-8", errors="replace") as lines:
             for line in lines:
-                sys.stdout.write(line)
                 emit(line.rstrip("\n"))
 
     reader = threading.Thread(target=forward, name="stage-output", daemon=True)
@@ -141,7 +140,7 @@ def reproduce_stage(
 ) -> str | None:
     """`dvc repro --single-item [--force] <stage>` in this process: UP_TO_DATE, CACHED, or None when the stage's
     command ran. A failed command raises DVC's ReproductionError. `output`: where the command's output lines go
-    besides the terminal (None: the terminal only)."""
+    instead of this process's stdout (None: they go there)."""
     # DVC prints its lines with handlers of its own; passed on to the root logger (Prefect's console handler) they
     # would print twice. Prefect's API handler puts them in the pipeline's flow-run log, the UI's view of the run.
     watcher = _DvcOutcome()
