@@ -28,7 +28,7 @@ stages:
     params: [seed, data]
     outs: [data]
   count:
-    cmd: echo "files: $(ls -R data | wc -l)" | tee count.txt
+    cmd: 'echo "files: $(ls -R data | wc -l)" | tee count.txt'
     deps: [data]
     outs: [count.txt]
 """
