@@ -84,6 +84,9 @@ def make_backend(params: PredictParams, model: str | Path, trust_remote_code: bo
     if resolve_backend(params.backend) == "vllm":
         from transformers import AutoProcessor
 
+        if params.vllm_base_url:
+            log.info("predict.vllm_base_url is set: the model served there answers; %s gives the processor", model)
+
         from evisrag_core.vllm_engine.backend import VllmBackend
 
         processor = AutoProcessor.from_pretrained(str(model), trust_remote_code=trust_remote_code)

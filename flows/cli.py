@@ -204,7 +204,8 @@ def cmd_answer(args: argparse.Namespace) -> int:
     if args.max_new_tokens is not None:
         cfg = cfg.model_copy(update={"max_new_tokens": args.max_new_tokens})
     model = args.model or cfg.model_dir
-    backend = make_backend(cfg, model, params.model.trust_remote_code, local_only=Path(model).exists())
+    local = args.model is None or Path(model).exists() or model.startswith((".", "/", "~"))  # else a hub id
+    backend = make_backend(cfg, model, params.model.trust_remote_code, local_only=local)
     images = [str(Path(p).resolve()) for p in args.images]
     try:
         text = backend.generate([Request("cli", args.query, images, list(args.images))])[0]

@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from dvc.repo import Repo
     from dvc.stage import Stage
 
+log = logging.getLogger(__name__)
 UP_TO_DATE = "Up to date"
 CACHED = "Cached"  # Prefect's own name for a run whose result came from a cache
 
@@ -120,9 +121,10 @@ def stage_output_to(emit: Callable[[str], None]) -> Iterator[None]:
         return {**prepare(*args, **kwargs), "stdout": write_end, "stderr": subprocess.STDOUT}
 
     def forward() -> None:
-        with os.fdopen(read_end, "r", encoding="utf-8", errors="replace") as lines:
+        # Lines end at "\n" only; of a line redrawn with "\r" (a progress bar) its last state is logged, not each.
+        with os.fdopen(read_end, "rb") as lines:
             for line in lines:
-                emit(line.rstrip("\n"))
+                emit(line.rstrip(b"\r\n").rsplit(b"\r", 1)[-1].decode("utf-8", errors="replace"))
 
     reader = threading.Thread(target=forward, name="stage-output", daemon=True)
     reader.start()
@@ -133,6 +135,8 @@ def stage_output_to(emit: Callable[[str], None]) -> Iterator[None]:
         dvc_run.prepare_kwargs = prepare
         os.close(write_end)  # the reader ends once every command holding the pipe has exited
         reader.join(timeout=10)
+        if reader.is_alive():
+            log.warning("a process the stage started still holds its output open; its lines may come late")
 
 
 def reproduce_stage(

@@ -401,7 +401,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sft": {**sft["metrics"], "per_split": sft["per_split"], "train_seconds": sft["train_seconds"]},
         "estimators": {
             arm: {
-                "per_seed": [{"seed": s, **runs[arm][s]["metrics"]} for s in seeds],
+                "per_seed": [
+                    {"seed": s, **runs[arm][s]["metrics"], "per_split": runs[arm][s]["per_split"]} for s in seeds
+                ],
                 "mean": {k: statistics.fmean(runs[arm][s]["metrics"][k] for s in seeds) for k in METRICS},
                 "settings": ARMS[arm],
                 "train_seconds": [runs[arm][s]["train_seconds"] for s in seeds],
