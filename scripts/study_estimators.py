@@ -36,9 +36,9 @@ import torch
 import yaml
 
 from evisrag_core.config import Params, parse_params, read_params_file
-from evisrag_core.data.generator import GeneratorSpec
+from evisrag_core.data.generator import GeneratorSpec, write_world
 from evisrag_core.data.schema import RL_FILE, RL_VAL_FILE, SFT_FILE, list_benchmarks, load_test_split
-from evisrag_core.data.worlds import generate_world
+from evisrag_core.data.worlds import world_named
 from evisrag_core.evaluate import evaluate_split
 from evisrag_core.io import read_jsonl, write_json_atomic, write_jsonl_atomic
 from evisrag_core.modeling import build_tiny_model, load_model_and_processor
@@ -117,7 +117,8 @@ def write_data(params: Params, data_dir: Path) -> dict[str, Any]:
     emb = params.data.embedded
     spec = GeneratorSpec(params.seed, emb.image_size, emb.images_per_question, emb.insufficient_fraction)
     tmp = data_dir.with_name(data_dir.name + ".partial")
-    manifest = generate_world(emb.world, tmp, spec, list(emb.splits), emb.n_test_per_split, emb.n_sft, emb.n_rl)
+    world = world_named(emb.world)
+    manifest = write_world(world, tmp, spec, list(emb.splits), emb.n_test_per_split, emb.n_sft, emb.n_rl)
     rl_file = tmp / "train" / RL_FILE
     train, val = split_prompts(rl_file, params.rsgrpo.val_size, params.seed)
     by_id = {row["id"]: row for row in read_jsonl(rl_file)}

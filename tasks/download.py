@@ -10,10 +10,10 @@ from tqdm import tqdm
 
 from evisrag_core.config import DataParams, Params
 from evisrag_core.data import hub
-from evisrag_core.data.generator import GeneratorSpec
+from evisrag_core.data.generator import GeneratorSpec, write_world
 from evisrag_core.data.schema import RL_FILE, SFT_FILE, TEST_FILE
 from evisrag_core.data.verify import verify_split
-from evisrag_core.data.worlds import generate_world
+from evisrag_core.data.worlds import world_named
 from evisrag_core.io import atomic_dir
 from tasks import TASK_DEFAULTS
 
@@ -23,7 +23,8 @@ def _generate(data: DataParams, seed: int, out: Path) -> dict[str, Any]:
     spec = GeneratorSpec(seed, cfg.image_size, cfg.images_per_question, cfg.insufficient_fraction)
     total = cfg.n_test_per_split * len(cfg.splits) + cfg.n_sft + cfg.n_rl
     with tqdm(total=total, desc="generate", unit="q") as bar:
-        return generate_world(cfg.world, out, spec, cfg.splits, cfg.n_test_per_split, cfg.n_sft, cfg.n_rl, bar.update)
+        world = world_named(cfg.world)
+        return write_world(world, out, spec, cfg.splits, cfg.n_test_per_split, cfg.n_sft, cfg.n_rl, bar.update)
 
 
 @task(name="write-dataset", retries=2, retry_delay_seconds=[5, 30], **TASK_DEFAULTS)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from PIL import Image
@@ -38,7 +37,6 @@ from evisrag_core.data.generator import (
     jitter,
     rl_record,
     sft_record,
-    write_world,
 )
 from evisrag_core.data.schema import (
     INSUFFICIENT_ANSWER,
@@ -209,25 +207,4 @@ def _rl_row(question: HardQuestion, images: list[str]) -> dict[str, Any]:
     return rl_record(question, images, ground_truth=hard_ground_truth(question))
 
 
-HARD_WORLD = World(
-    questions=_hard_questions, sft_row=_sft_row, rl_row=_rl_row, render=render_hard_panel, manifest={"world": WORLD}
-)
-
-
-def generate_hard_dataset(
-    out_dir: Path,
-    spec: GeneratorSpec,
-    splits: list[str],
-    n_test_per_split: int,
-    n_sft: int,
-    n_rl: int,
-    progress: Callable[[int], Any] = lambda n: None,
-) -> dict[str, Any]:
-    """Write the hard world in the project's format (the default world's files and forms); returns the manifest."""
-    unknown = [s for s in splits if s not in HARD_TASKS]
-    if unknown:
-        raise ValueError(
-            f"unknown split(s) {unknown} for data.embedded.world: hard; set data.embedded.splits to some of "
-            f"{sorted(HARD_TASKS)}"
-        )
-    return write_world(HARD_WORLD, out_dir, spec, splits, n_test_per_split, n_sft, n_rl, progress)
+HARD_WORLD = World(WORLD, HARD_TASKS, _hard_questions, _sft_row, _rl_row, render_hard_panel, manifest={"world": WORLD})

@@ -1,30 +1,17 @@
 """Which embedded world `data.embedded.world` writes: `default` (evisrag_core.data.generator, the pipeline's default)
-or `hard` (evisrag_core.data.hard_world, the estimator study's world). Both take the same arguments and write the
-same files in the same forms."""
+or `hard` (evisrag_core.data.hard_world, the estimator study's world). `generator.write_world` writes either, in the
+same files and forms."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+from evisrag_core.data.generator import DEFAULT_WORLD, World
+from evisrag_core.data.hard_world import HARD_WORLD
 
-from evisrag_core.data.generator import GeneratorSpec, generate_dataset
-from evisrag_core.data.hard_world import generate_hard_dataset
-
-WORLDS: dict[str, Callable[..., dict[str, Any]]] = {"default": generate_dataset, "hard": generate_hard_dataset}
+WORLDS: dict[str, World] = {world.name: world for world in (DEFAULT_WORLD, HARD_WORLD)}
 
 
-def generate_world(
-    world: str,
-    out_dir: Path,
-    spec: GeneratorSpec,
-    splits: list[str],
-    n_test_per_split: int,
-    n_sft: int,
-    n_rl: int,
-    progress: Callable[[int], Any] = lambda n: None,
-) -> dict[str, Any]:
-    """Write world `world`'s dataset to `out_dir`; returns its manifest."""
-    if world not in WORLDS:
-        raise ValueError(f"unknown embedded world {world!r}; choose from {sorted(WORLDS)}")
-    return WORLDS[world](out_dir, spec, splits, n_test_per_split, n_sft, n_rl, progress)
+def world_named(name: str) -> World:
+    """The world `data.embedded.world` names; ValueError for another name."""
+    if name not in WORLDS:
+        raise ValueError(f"unknown embedded world {name!r}; choose from {sorted(WORLDS)}")
+    return WORLDS[name]

@@ -16,15 +16,15 @@ import pytest
 from PIL import Image
 
 from evisrag_core.config import parse_params
-from evisrag_core.data.generator import NO_RELEVANT, GeneratorSpec, generate_dataset
+from evisrag_core.data.generator import NO_RELEVANT, GeneratorSpec, generate_dataset, write_world
 from evisrag_core.data.hard_world import (
     FRAMES,
     HARD_COLOURS,
     HARD_TASKS,
+    HARD_WORLD,
     NEAR_MISSES,
     HardPanel,
     HardQuestion,
-    generate_hard_dataset,
     hard_ground_truth,
     hard_tagged_response,
     make_hard_question,
@@ -36,7 +36,7 @@ from evisrag_core.data.schema import (
     SFT_FILE,
     load_test_split,
 )
-from evisrag_core.data.worlds import generate_world
+from evisrag_core.data.worlds import world_named
 from evisrag_core.io import read_jsonl
 from evisrag_core.rsgrpo.rewards import accuracy_reward, evidence_reward, format_reward
 
@@ -76,7 +76,7 @@ def read_panel(path: Path) -> HardPanel:
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     out = tmp_path_factory.mktemp("hard")
-    return out, generate_hard_dataset(out, SPEC, SPLITS, **SIZES)
+    return out, write_world(HARD_WORLD, out, SPEC, SPLITS, **SIZES)
 
 
 def test_palette_is_decodable_and_has_near_misses() -> None:
@@ -211,8 +211,8 @@ def test_training_records_in_the_reference_forms(dataset: tuple[Path, dict[str, 
 
 def test_hard_world_is_deterministic_and_test_streams_are_disjoint(tmp_path: Path) -> None:
     sizes = {"n_test_per_split": 6, "n_sft": 6, "n_rl": 6}
-    generate_hard_dataset(tmp_path / "a", SPEC, SPLITS, **sizes)
-    generate_hard_dataset(tmp_path / "b", SPEC, SPLITS, **sizes)
+    write_world(HARD_WORLD, tmp_path / "a", SPEC, SPLITS, **sizes)
+    write_world(HARD_WORLD, tmp_path / "b", SPEC, SPLITS, **sizes)
     assert file_hashes(tmp_path / "a") == file_hashes(tmp_path / "b")
 
 
@@ -220,7 +220,9 @@ def test_default_world_is_unchanged_by_the_switch(tmp_path: Path) -> None:
     spec = GeneratorSpec(seed=2, image_size=56, images_per_question=3, insufficient_fraction=0.2)
     sizes = {"n_test_per_split": 5, "n_sft": 5, "n_rl": 5}
     direct = generate_dataset(tmp_path / "direct", spec, ["ColorSquare", "ColorBackground"], **sizes)
-    switched = generate_world("default", tmp_path / "world", spec, ["ColorSquare", "ColorBackground"], **sizes)
+    switched = write_world(
+        world_named("default"), tmp_path / "world", spec, ["ColorSquare", "ColorBackground"], **sizes
+    )
     assert direct == switched and "world" not in switched["generator"]
     assert file_hashes(tmp_path / "direct") == file_hashes(tmp_path / "world")
 
@@ -235,7 +237,7 @@ def test_default_world_is_unchanged_by_the_switch(tmp_path: Path) -> None:
 )
 def test_splits_must_belong_to_the_world(tmp_path: Path, world: str, splits: list[str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        generate_world(world, tmp_path, SPEC, splits, 1, 1, 1)
+        write_world(world_named(world), tmp_path, SPEC, splits, 1, 1, 1)
 
 
 def test_config_world_switch() -> None:
