@@ -48,6 +48,7 @@ from evisrag_core.data.schema import (
     SFT_FILE,
     TEST_FILE,
 )
+from evisrag_core.errors import UserError
 from evisrag_core.io import write_json_atomic, write_jsonl_atomic
 from evisrag_core.prompts import evidence_prompt
 
@@ -309,6 +310,10 @@ def write_split(
     return len(rows)
 
 
+class UnknownSplitError(UserError, ValueError):
+    """data.embedded.splits names a split the chosen world does not have (a user error: exit 2, one message)."""
+
+
 @dataclass(frozen=True)
 class World:
     """What makes one embedded world: its question stream, its training rows, its panels. `write_world` writes any
@@ -336,7 +341,7 @@ def write_world(
     """Write a world's dataset in the project's format (see evisrag_core.data.schema); returns the manifest."""
     unknown = [s for s in splits if s not in world.tasks]
     if unknown:
-        raise ValueError(
+        raise UnknownSplitError(
             f"unknown embedded split(s) {unknown} for data.embedded.world: {world.name}; set data.embedded.splits to "
             f"some of {sorted(world.tasks)}"
         )

@@ -152,6 +152,23 @@ def test_a_user_error_starts_no_prefect_or_mlflow_run(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_splits_of_another_world_are_one_message_from_inside_the_download_run(tmp_path: Path) -> None:
+    """`data.embedded.world: hard` with the default world's splits is found as the download flow generates the
+    data: exit 2, one `error:` line naming the world's splits, no traceback."""
+    for name in ("params.yaml", "dvc.yaml"):
+        shutil.copy(REPO_ROOT / name, tmp_path / name)
+    _write_yaml(tmp_path / "world.yaml", {"data": {"embedded": {"world": "hard"}}})
+
+    result = _evisrag(["--params", "world.yaml", "download"], tmp_path, timeout=300)
+
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    expected = "for data.embedded.world: hard; set data.embedded.splits to some of ['HardBackground', 'HardSquare'"
+    assert len(errors) == 1 and expected in errors[0], result.stderr[-3000:]
+
+
+@pytest.mark.slow
 def test_a_bad_record_inside_a_flow_run_ends_it_refused_not_failed(tmp_path: Path) -> None:
     """A user error that only shows inside a stage's run (a test record naming an image URL, met while the evaluate
     flow reads the data) still exits 2 with one message and no traceback, not even in the run's log. Prefect records
