@@ -192,9 +192,14 @@ def tagged_response(question: Question) -> str:
         think = f"Image [{question.positives[0]}] shows the square: {found}. So the answer is {question.answer}."
     else:
         think = "No image shows a square, so the images are insufficient to answer."
+    return tagged_blocks(observations, evidence, think, question.answer)
+
+
+def tagged_blocks(observations: str, evidence: str, think: str, answer: str) -> str:
+    """The four blocks of a target response, one per line (spec §1 format)."""
     return (
         f"<observe>{observations}</observe>\n<evidence>{evidence}</evidence>\n"
-        f"<think>{think}</think>\n<answer>{question.answer}</answer>"
+        f"<think>{think}</think>\n<answer>{answer}</answer>"
     )
 
 
@@ -219,12 +224,19 @@ class GeneratorSpec:
     insufficient_fraction: float
 
 
-def _questions(spec: GeneratorSpec, split_names: list[str], count: int, prefix: str):
-    rng = random.Random(f"{spec.seed}-{prefix}")
+def question_stream(
+    make: Callable[..., Any], stream: str, spec: GeneratorSpec, split_names: list[str], count: int, prefix: str
+):
+    """`count` questions cycling through `split_names`, drawn by `make(rng, split, qid, k, insufficient)` from the
+    random stream `<seed>-<stream><prefix>` (a world's own `stream` keeps its questions apart from another's)."""
+    rng = random.Random(f"{spec.seed}-{stream}{prefix}")
     for index in range(count):
         split = split_names[index % len(split_names)]
         insufficient = rng.random() < spec.insufficient_fraction
-        yield make_question(rng, split, f"{prefix}-{index:05d}", spec.images_per_question, insufficient)
+        yield make(rng, split, f"{prefix}-{index:05d}", spec.images_per_question, insufficient)
+
+
+_questions = partial(question_stream, make_question, "")
 
 
 Render = Callable[[Any, int, random.Random], Image.Image]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from PIL import Image
@@ -30,13 +31,14 @@ from PIL import Image
 from evisrag_core.data.generator import (
     NO_RELEVANT,
     ORDINALS,
-    GeneratorSpec,
     World,
     draw_framed_square,
     ground_truth_of,
     jitter,
+    question_stream,
     rl_record,
     sft_record,
+    tagged_blocks,
 )
 from evisrag_core.data.schema import (
     INSUFFICIENT_ANSWER,
@@ -180,23 +182,15 @@ def hard_tagged_response(question: HardQuestion) -> str:
         think = f"{holds.format(cited)}, so the answer is {question.answer}."
     else:
         think = "No image shows a square in a black frame, so the images are insufficient to answer."
-    return (
-        f"<observe>{observations}</observe>\n<evidence>{evidence}</evidence>\n"
-        f"<think>{think}</think>\n<answer>{question.answer}</answer>"
-    )
+    return tagged_blocks(observations, evidence, think, question.answer)
 
 
 def hard_ground_truth(question: HardQuestion) -> str:
     return ground_truth_of(hard_tagged_response(question), question.answer)
 
 
-def _hard_questions(spec: GeneratorSpec, split_names: list[str], count: int, prefix: str):
-    # Its own stream names (`hard-…`): a hard test split never shares a question stream with training.
-    rng = random.Random(f"{spec.seed}-hard-{prefix}")
-    for index in range(count):
-        split = split_names[index % len(split_names)]
-        insufficient = rng.random() < spec.insufficient_fraction
-        yield make_hard_question(rng, split, f"{prefix}-{index:05d}", spec.images_per_question, insufficient)
+# Its own stream names (`hard-…`): a hard split never shares a question stream with the default world's.
+_hard_questions = partial(question_stream, make_hard_question, "hard-")
 
 
 def _sft_row(question: HardQuestion, images: list[str]) -> dict[str, Any]:
